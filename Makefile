@@ -1,0 +1,43 @@
+# One-word entry points. The two the README's quick start uses:
+#   make repro   set up .venv (if needed) and run the whole pipeline on the embedded default data
+#   make test    set up .venv (if needed) and run the test suite (what CI runs)
+
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+# Stage commands (synth, pretrain, evaluate, dvc) come from the venv.
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+export DVC_NO_ANALYTICS := 1
+
+.PHONY: setup repro test test-all lint format bench clean
+
+setup: $(STAMP)
+
+# Re-installs only when pyproject.toml changes; torch/torchvision come from the pinned wheels.
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]'
+	touch $(STAMP)
+
+repro: setup
+	dvc repro
+
+# The suite CI runs: everything except GPU tests (skipped by themselves without CUDA).
+test: setup
+	$(PY) -m pytest -q
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: setup
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+bench: setup
+	$(PY) bench/demo_data.py
+	$(PY) bench/render.py
+	$(PY) bench/train_step.py
+
+clean:
+	rm -rf .pytest_cache .ruff_cache gpu_out
