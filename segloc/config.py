@@ -16,7 +16,6 @@ from segloc.params import from_dict
 class DemoConfig:
     scale: Literal["tiny", "small", "default"] = "default"
     seed: int = 0
-    workers: int = 2
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,289 @@
+"""Shard schema v1: sample encoding, deterministic tar writing, per-shard records and the manifest.
+
+This module is the contract between `synth render` and `pretrain` (DESIGN §3). A shard
+`{split}-{shard:06d}.tar` holds samples of five members sharing a dot-free key `s{index:08d}`:
+
+    KEY.json                        schema, key, index, classes, views[2] with instances
+    KEY.v0.jpg / KEY.v1.jpg         canvas x canvas RGB JPEG composites
+    KEY.v0.seg.png / KEY.v1.seg.png single-channel uint8 class maps (0 bg, 1..C, 255 ignore)
+
+Tars are byte-reproducible: members sorted by name, mtime 0, uid/gid 0, mode 0o644, no owner
+names, ustar format. Each finished shard gets a record in `.records/` (checksum plus a fingerprint
+of everything that determines its bytes) so an interrupted or fanned-out render can resume and
+the union of several `--shard-range` runs can be given one manifest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import cv2
+import numpy as np
+from pycocotools import mask as mask_utils
+
+from segloc.atomic import atomic_path, write_json
+from segloc.errors import UserError
+
+SCHEMA_VERSION = 1
+SPLIT = "train"
+MANIFEST = "manifest.json"
+RECORDS = ".records"
+IGNORE = 255
+MEMBERS = ("json", "v0.jpg", "v0.seg.png", "v1.jpg", "v1.seg.png")
+
+
+def shard_name(index: int, split: str = SPLIT) -> str:
+    return f"{split}-{index:06d}.tar"
+
+
+def sample_key(index: int) -> str:
+    return f"s{index:08d}"
+
+
+def range_manifest_name(start: int, stop: int) -> str:
+    return f"manifest-{start:06d}-{stop:06d}.json"
+
+
+@dataclass(frozen=True)
+class View:
+    background: str  # file name of the background scan
+    image: np.ndarray  # SxSx3 uint8 RGB
+    classes: np.ndarray  # SxS uint8 class map
+    instances: list[dict[str, Any]]  # from `instance_record`, ids 0..n-1 in paste order
+
+
+def instance_record(
+    instance_id: int,
+    cls: int,
+    mask: np.ndarray,
+    visible: int,
+    source: dict[str, int],
+    transform: dict,
+) -> dict[str, Any]:
+    """One instance of one view; `mask` is its full SxS bool mask (overlaps kept)."""
+    rle = mask_utils.encode(np.asfortranarray(mask, dtype=np.uint8))
+    x, y, w, h = (int(v) for v in mask_utils.toBbox(rle))
+    return {
+        "id": instance_id,
+        "class": cls,
+        "bbox": [x, y, w, h],
+        "area": int(mask_utils.area(rle)),
+        "visible_area": int(visible),
+        "rle": {"size": [int(s) for s in rle["size"]], "counts": rle["counts"].decode("ascii")},
+        "source": source,
+        "transform": transform,
+    }
+
+
+def encode_sample(
+    index: int, classes: tuple[str, ...], views: list[View], jpeg_quality: int, png_level: int
+) -> dict[str, bytes]:
+    """Member suffix -> bytes of one sample (the key is added by `write_shard`)."""
+    key = sample_key(index)
+    meta = {
+        "schema": SCHEMA_VERSION,
+        "key": key,
+        "index": index,
+        "classes": list(classes),
+        "views": [
+            {
+                "background": v.background,
+                "height": int(v.image.shape[0]),
+                "width": int(v.image.shape[1]),
+                "instances": v.instances,
+            }
+            for v in views
+        ],
+    }
+    members = {"json": json.dumps(meta, sort_keys=True, separators=(",", ":")).encode("utf-8")}
+    for i, view in enumerate(views):
+        members[f"v{i}.jpg"] = _encode(
+            ".jpg",
+            cv2.cvtColor(view.image, cv2.COLOR_RGB2BGR),
+            [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality],
+        )
+        members[f"v{i}.seg.png"] = _encode(
+            ".png", view.classes, [cv2.IMWRITE_PNG_COMPRESSION, png_level]
+        )
+    return members
+
+
+def _encode(ext: str, image: np.ndarray, flags: list[int]) -> bytes:
+    ok, buf = cv2.imencode(ext, image, flags)
+    if not ok:
+        raise RuntimeError(f"cv2 could not encode a {image.shape} image as {ext}")
+    return buf.tobytes()
+
+
+def write_shard(path: Path, samples: Iterable[tuple[int, dict[str, bytes]]]) -> dict[str, Any]:
+    """Write (index, members) samples, in increasing index order, as one reproducible tar.
+
+    The tar appears at `path` only once complete. Returns {"samples", "sha256", "bytes"}.
+    """
+    count, last = 0, None
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        tar = TarWriter(f)
+        for index, members in samples:
+            if last is not None and index <= last:
+                raise ValueError(
+                    f"samples must come in increasing index order ({index} after {last})"
+                )
+            key, last = sample_key(index), index
+            for suffix in sorted(members):
+                tar.add(f"{key}.{suffix}", members[suffix])
+            count += 1
+        tar.close()
+    return {"samples": count, "sha256": tar.sha256.hexdigest(), "bytes": tar.offset}
+
+
+BLOCK = 512
+RECORD = 20 * BLOCK  # archives are padded to whole records of 20 blocks, as tar does
+
+
+class TarWriter:
+    """Minimal ustar writer for regular files with fixed metadata; hashes what it writes.
+
+    Every header field but name and size is constant (mode 0644, uid/gid 0, mtime 0, no owner
+    names, empty device fields), so the bytes depend on the members alone, not on the Python
+    version's `tarfile` (whose device fields changed across releases); it is also several times
+    cheaper than `tarfile`'s general header code.
+    """
+
+    def __init__(self, f: BinaryIO) -> None:
+        self.f, self.sha256, self.offset = f, hashlib.sha256(), 0
+
+    def add(self, name: str, data: bytes) -> None:
+        self._write(ustar_header(name, len(data)))
+        self._write(data)
+        self._write(bytes(-len(data) % BLOCK))
+
+    def close(self) -> None:
+        self._write(bytes(2 * BLOCK))  # end-of-archive marker
+        self._write(bytes(-self.offset % RECORD))
+
+    def _write(self, data: bytes) -> None:
+        if data:
+            self.f.write(data)
+            self.sha256.update(data)
+            self.offset += len(data)
+
+
+def ustar_header(name: str, size: int) -> bytes:
+    raw = name.encode("ascii")
+    if len(raw) > 100:
+        raise ValueError(f"tar member name longer than 100 bytes: {name!r}")
+    fields = (
+        raw.ljust(100, b"\0"),
+        b"0000644\0",  # mode
+        b"0000000\0",  # uid
+        b"0000000\0",  # gid
+        b"%011o\0" % size,
+        b"00000000000\0",  # mtime
+        b" " * 8,  # checksum, counted as spaces while summing
+        b"0",  # regular file
+        bytes(100),  # link name
+        b"ustar\x0000",  # magic and version
+        bytes(32 + 32 + 8 + 8 + 155),  # owner names, device numbers, name prefix
+    )
+    head = b"".join(fields).ljust(BLOCK, b"\0")
+    return head[:148] + b"%06o\0" % sum(head) + head[155:]
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def record_path(out: Path, shard: int) -> Path:
+    return out / RECORDS / (shard_name(shard).removesuffix(".tar") + ".json")
+
+
+def write_record(out: Path, shard: int, record: dict[str, Any]) -> None:
+    write_json(record_path(out, shard), record)
+
+
+def read_record(out: Path, shard: int, fingerprint: str) -> dict[str, Any] | None:
+    """The record of a finished shard rendered with the same inputs, else None."""
+    try:
+        record = json.loads(record_path(out, shard).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(record, dict) or record.get("fingerprint") != fingerprint:
+        return None
+    return record
+
+
+def shard_is_complete(out: Path, record: dict[str, Any] | None, verify: bool) -> bool:
+    """Whether the shard a record describes is on disk, whole (size, and checksum if `verify`)."""
+    if record is None:
+        return False
+    path = out / record["name"]
+    try:
+        if path.stat().st_size != record["bytes"]:
+            return False
+    except OSError:
+        return False
+    return not verify or file_sha256(path) == record["sha256"]
+
+
+def fingerprint(obj: Any) -> str:
+    """sha256 of the canonical JSON of everything that determines a shard's bytes."""
+    text = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def build_manifest(
+    *,
+    num_shards: int,
+    samples_per_shard: int,
+    canvas: int,
+    classes: tuple[str, ...],
+    seed: int,
+    params: dict[str, Any],
+    records: list[dict[str, Any]],
+    skipped_inputs: list[dict[str, str]],
+) -> dict[str, Any]:
+    per_class = dict.fromkeys(classes, 0)
+    for record in records:
+        for name, n in record["instances_per_class"].items():
+            per_class[name] += n
+    shards = [{k: r[k] for k in ("name", "samples", "sha256", "bytes")} for r in records]
+    return {
+        "schema": SCHEMA_VERSION,
+        "split": SPLIT,
+        "num_shards": num_shards,
+        "samples_per_shard": samples_per_shard,
+        "num_samples": sum(s["samples"] for s in shards),
+        "canvas": canvas,
+        "classes": list(classes),
+        "seed": seed,
+        "params": params,
+        "shards": shards,
+        "instances_per_class": per_class,
+        "skipped_inputs": skipped_inputs,
+    }
+
+
+def read_manifest(path: Path) -> dict[str, Any]:
+    """A manifest of the schema this code writes; `UserError` naming the file otherwise."""
+    try:
+        manifest = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError as err:
+        raise UserError(f"{path}: manifest not found (render incomplete?)") from err
+    except (OSError, ValueError) as err:
+        raise UserError(f"{path}: cannot read manifest ({err})") from err
+    if not isinstance(manifest, dict) or manifest.get("schema") != SCHEMA_VERSION:
+        found = manifest.get("schema") if isinstance(manifest, dict) else None
+        raise UserError(
+            f"{path}: shard schema {found!r} is not supported (expected {SCHEMA_VERSION}); "
+            "re-render with this version of `synth render`"
+        )
+    return manifest

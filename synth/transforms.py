@@ -1,0 +1,128 @@
+"""Per-paste transforms of a cut segment: scale, rotation, flip and X-ray density jitter.
+
+    t = draw_transform(rng, cfg, seg.mask.shape, seg.prescale)
+    pixels, mask = warp(seg.pixels, seg.mask, t)      # the output box grows so nothing is cut
+
+Geometry is applied here; density (transmission ** k, i.e. k times the object's thickness under
+Beer-Lambert) is applied by the compositor, which knows the object's transmission.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from synth.config import SynthConfig
+
+
+@dataclass(frozen=True)
+class Transform:
+    scale: float  # factor applied to the stored crop (its long side becomes the drawn size)
+    angle: float  # degrees, counter-clockwise
+    flip: bool  # horizontal, applied before the rotation
+    density: float  # transmission exponent k
+
+    def as_dict(self) -> dict:
+        return {
+            "scale": round(self.scale, 6),
+            "angle": round(self.angle, 4),
+            "flip": self.flip,
+            "density": round(self.density, 6),
+        }
+
+
+def draw_transform(
+    rng: np.random.Generator, cfg: SynthConfig, shape: tuple[int, int], prescale: float = 1.0
+) -> Transform:
+    """Random transform of an h x w crop stored at `prescale` times its source size.
+
+    The draw order is part of the reproducibility contract. The drawn long side is capped at
+    `cfg.max_upscale` times the object's size in its source scan: small items (bullets) would
+    otherwise be blown up into blurry blocks.
+    """
+    # One call for all four draws: Generator calls cost microseconds each, per paste.
+    u = rng.random(4)
+    long_side = cfg.scale[0] + (cfg.scale[1] - cfg.scale[0]) * u[0]
+    angle = -180.0 + 360.0 * u[1] if cfg.rotate else 0.0
+    flip = bool(u[2] < cfg.flip)
+    # Log-uniform, so k and 1/k (thicker / thinner) are equally likely.
+    low, high = math.log(cfg.density[0]), math.log(cfg.density[1])
+    density = math.exp(low + (high - low) * u[3])
+    long_side = min(long_side, cfg.max_upscale * max(shape) / prescale)
+    return Transform(float(long_side / max(shape)), float(angle), flip, float(density))
+
+
+def warp(pixels: np.ndarray, mask: np.ndarray, t: Transform) -> tuple[np.ndarray, np.ndarray]:
+    """Flip, scale and rotate an hxwx3 crop and its hxw bool mask into an expanded H'xW' box.
+
+    One bilinear affine warp does it all. The mask's coverage goes through the same warp and is
+    thresholded at 1/2: binary and aligned with the pixels like nearest neighbour, without its
+    staircases on enlargement. Shrinking by more than 2x first averages areas (`resize`), since
+    bilinear sampling would skip pixels and alias the fine X-ray texture.
+    Returns (H'xW'x3 uint8, H'xW' bool).
+    """
+    scale, mask8 = t.scale, mask.view(np.uint8)
+    if scale < 0.5:
+        size = (max(1, round(mask.shape[1] * scale)), max(1, round(mask.shape[0] * scale)))
+        pixels, mask8 = resize(pixels, mask, size)
+        scale = 1.0
+    matrix, out_size = affine((mask8.shape[1], mask8.shape[0]), scale, t.angle, t.flip)
+    pixels = cv2.warpAffine(
+        pixels, matrix, out_size, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
+    )
+    cover = cv2.warpAffine(
+        mask8 * np.uint8(255),
+        matrix,
+        out_size,
+        flags=cv2.INTER_LINEAR,
+        borderMode=cv2.BORDER_CONSTANT,
+        borderValue=0,
+    )
+    out = cover >= 128
+    if not out.any():  # a sliver thinner than a pixel: keep its best-covered pixel
+        out = cover >= max(int(cover.max()), 1)
+    return pixels, out
+
+
+def resize(
+    pixels: np.ndarray, mask: np.ndarray, size: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Crop and mask resampled to (w, h): the mask as uint8 0/1.
+
+    Shrinking averages areas (plain bilinear aliases the fine X-ray texture); the mask's coverage
+    is resampled the same way and thresholded at 1/2, so enlarged masks get smooth edges rather
+    than nearest-neighbour staircases.
+    """
+    if size == (mask.shape[1], mask.shape[0]):
+        return pixels, mask.view(np.uint8)
+    interp = cv2.INTER_AREA if size[0] < mask.shape[1] else cv2.INTER_LINEAR
+    pixels = cv2.resize(pixels, size, interpolation=interp)
+    cover = cv2.resize(mask.astype(np.float32), size, interpolation=interp)
+    mask8 = (cover >= 0.5).view(np.uint8)
+    if not mask8.any():  # a sliver thinner than a pixel: keep its best-covered pixel
+        mask8 = (cover >= cover.max()).view(np.uint8)
+    return pixels, mask8
+
+
+def affine(
+    size: tuple[int, int], scale: float, angle: float, flip: bool
+) -> tuple[np.ndarray, tuple[int, int]]:
+    """2x3 matrix flipping, scaling and rotating a (w, h) image about its centre, and the (w', h')
+    of the box just large enough for the result (nothing is cut)."""
+    width, height = size
+    rad = math.radians(angle)
+    cos, sin = abs(math.cos(rad)), abs(math.sin(rad))
+    out_w = max(1, math.ceil(scale * (width * cos + height * sin) - 1e-6))
+    out_h = max(1, math.ceil(scale * (width * sin + height * cos) - 1e-6))
+    # x' = A (x - c) + c', with c, c' the centres of source and output box (pixel-centre
+    # convention) and A = scale * rotation(angle) * (mirror if flip), written out: numpy's 3x3
+    # products cost more than the warp of a small crop.
+    a, b = scale * math.cos(rad), scale * math.sin(rad)
+    m = -1.0 if flip else 1.0
+    cx, cy = (width - 1) / 2, (height - 1) / 2
+    ox, oy = (out_w - 1) / 2, (out_h - 1) / 2
+    matrix = np.array([[m * a, b, ox - m * a * cx - b * cy], [-m * b, a, oy + m * b * cx - a * cy]])
+    return matrix, (out_w, out_h)

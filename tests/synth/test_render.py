@@ -1,0 +1,240 @@
+import json
+import shutil
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import webdataset as wds
+import yaml
+from click.testing import CliRunner
+
+import synth.render as render
+from segloc.errors import UserError
+from synth.shards import file_sha256, read_manifest
+
+from .conftest import CLASSES, make_tiny_data
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory) -> Path:
+    return make_tiny_data(tmp_path_factory.mktemp("in"))
+
+
+@pytest.fixture(scope="module")
+def rendered(inputs, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("out")
+    render.main(out, inputs, workers=1)
+    return out
+
+
+def _tree(out: Path) -> dict[str, bytes]:
+    """Shards and manifest.json by name (what a reader sees)."""
+    return {p.name: p.read_bytes() for p in sorted(out.glob("*.tar")) + [out / "manifest.json"]}
+
+
+def _count_rendered(monkeypatch) -> list[int]:
+    calls = []
+    original = render.render_shard
+
+    def counting(composer, job, shard, progress):
+        calls.append(shard)
+        return original(composer, job, shard, progress)
+
+    monkeypatch.setattr(render, "render_shard", counting)
+    return calls
+
+
+def test_round_trip_through_webdataset(rendered):
+    manifest = read_manifest(rendered / "manifest.json")
+    urls = [str(rendered / s["name"]) for s in manifest["shards"]]
+    samples = list(wds.WebDataset(urls, shardshuffle=False))
+    assert [s["__key__"] for s in samples] == [f"s{i:08d}" for i in range(12)]
+    per_class = dict.fromkeys(CLASSES, 0)
+    for sample in samples:
+        meta = json.loads(sample["json"])
+        assert meta["schema"] == 1 and meta["classes"] == CLASSES
+        assert meta["views"][0]["background"] != meta["views"][1]["background"]
+        for v in range(2):
+            image = cv2.imdecode(np.frombuffer(sample[f"v{v}.jpg"], np.uint8), cv2.IMREAD_COLOR)
+            seg = cv2.imdecode(
+                np.frombuffer(sample[f"v{v}.seg.png"], np.uint8), cv2.IMREAD_UNCHANGED
+            )
+            assert image.shape == (48, 48, 3) and seg.shape == (48, 48) and seg.dtype == np.uint8
+            assert set(np.unique(seg)) <= {0, 1, 2, 3}
+        ids = [[i["id"] for i in v["instances"]] for v in meta["views"]]
+        assert ids[0] == ids[1] == list(range(len(ids[0]))) and ids[0]
+        for inst in meta["views"][0]["instances"]:
+            per_class[CLASSES[inst["class"] - 1]] += 1
+    assert manifest["instances_per_class"] == per_class
+    assert manifest["num_samples"] == 12 and manifest["num_shards"] == 4
+    assert manifest["canvas"] == 48 and manifest["seed"] == 3
+    assert (
+        manifest["params"]["synth"]["canvas"] == 48 and "foreground" in manifest["params"]["data"]
+    )
+    for shard in manifest["shards"]:
+        assert file_sha256(rendered / shard["name"]) == shard["sha256"]
+
+
+def test_same_bytes_whatever_workers_and_ranges(inputs, rendered, tmp_path):
+    render.main(tmp_path / "w2", inputs, workers=2)
+    render.main(tmp_path / "ranges", inputs, workers=1, shard_range="2:4")
+    assert not (tmp_path / "ranges" / "manifest.json").exists()
+    render.main(tmp_path / "ranges", inputs, workers=1, shard_range="0:2")
+    assert _tree(tmp_path / "w2") == _tree(rendered)
+    assert _tree(tmp_path / "ranges") == _tree(rendered)
+    partial = read_manifest(tmp_path / "ranges" / "manifest-000002-000004.json")
+    assert [s["name"] for s in partial["shards"]] == ["train-000002.tar", "train-000003.tar"]
+
+
+def test_resume_skips_complete_shards_and_rerenders_broken_ones(
+    inputs, rendered, tmp_path, monkeypatch
+):
+    out = tmp_path / "out"
+    shutil.copytree(rendered, out)
+    data = bytearray((out / "train-000001.tar").read_bytes())
+    data[600] ^= 0xFF
+    (out / "train-000001.tar").write_bytes(bytes(data))
+    (out / "train-000002.tar").unlink()
+    (out / "manifest.json").unlink()
+    calls = _count_rendered(monkeypatch)
+    render.main(out, inputs, workers=1)
+    assert calls == [1, 2]
+    assert _tree(out) == _tree(rendered)
+    calls.clear()
+    render.main(out, inputs, workers=1)
+    assert calls == []
+
+
+def test_changed_params_rerender_everything(inputs, rendered, tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    shutil.copytree(rendered, out)
+    calls = _count_rendered(monkeypatch)
+    render.main(out, inputs, overrides=("synth.seed=4",), workers=1)
+    assert calls == [0, 1, 2, 3]
+    assert read_manifest(out / "manifest.json")["params"]["synth"]["seed"] == 4
+    assert (out / "train-000000.tar").read_bytes() != (rendered / "train-000000.tar").read_bytes()
+
+
+def test_cli_overrides_shard_counts(inputs, tmp_path):
+    result = CliRunner().invoke(
+        render.command,
+        [
+            "--out",
+            str(tmp_path / "o"),
+            "--params",
+            str(inputs),
+            "--num-shards",
+            "2",
+            "--samples-per-shard",
+            "2",
+            "--workers",
+            "1",
+            "--set",
+            "synth.canvas=32",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    manifest = read_manifest(tmp_path / "o" / "manifest.json")
+    assert manifest["num_samples"] == 4 and manifest["canvas"] == 32
+    assert sorted(p.name for p in (tmp_path / "o").glob("*.tar")) == [
+        "train-000000.tar",
+        "train-000001.tar",
+    ]
+
+
+def _break(kind: str, params: Path) -> list[str]:
+    """Damage the inputs in one way; returns extra CLI args."""
+    cfg = yaml.safe_load(params.read_text())
+    fg_json = Path(cfg["data"]["foreground"]["annotations"])
+    fg_dir = Path(cfg["data"]["foreground"]["images"])
+    bg_dir = Path(cfg["data"]["background"]["images"])
+    if kind == "missing annotations":
+        fg_json.unlink()
+    elif kind == "bad json":
+        fg_json.write_text('{"images": [')
+    elif kind == "missing image":
+        (fg_dir / "b.png").unlink()
+    elif kind == "undecodable image":
+        (fg_dir / "e.jpg").write_bytes(b"\xff\xd8\xff garbage")
+    elif kind == "undecodable background":
+        (bg_dir / "N00003.jpg").write_bytes(b"garbage")
+    elif kind == "bad params key":
+        cfg["synth"]["sclae"] = [3, 4]  # a typo in params.yaml
+        params.write_text(yaml.safe_dump(cfg))
+    elif kind == "bad override":
+        return ["--set", "synth.sclae=3"]
+    elif kind == "bad params type":
+        return ["--set", "synth.canvas=big"]
+    elif kind == "bad range":
+        return ["--shard-range", "3:9"]
+    return []
+
+
+BAD = {
+    "missing annotations": "xray_train.json: annotation file not found",
+    "bad json": "xray_train.json: not valid JSON",
+    "missing image": "b.png: no such image file",
+    "undecodable image": "e.jpg: cannot decode image",
+    "undecodable background": "N00003.jpg: cannot decode image",
+    "bad params key": "params synth.sclae: unknown key",
+    "bad override": "--set synth.sclae: unknown key",
+    "bad params type": "params synth.canvas: expected an integer",
+    "bad range": "--shard-range '3:9'",
+}
+
+
+@pytest.mark.parametrize("kind", sorted(BAD))
+def test_bad_input_ends_in_one_message_and_no_output(kind, tmp_path):
+    params = make_tiny_data(tmp_path / "in")
+    extra = _break(kind, params)
+    out = tmp_path / "out"
+    result = CliRunner().invoke(
+        render.command, ["--out", str(out), "--params", str(params), "--workers", "1", *extra]
+    )
+    assert result.exit_code == 2, result.output
+    assert BAD[kind] in result.output and "Traceback" not in result.output
+    assert not list(out.glob("*.tar")) and not (out / "manifest.json").exists()
+
+
+def test_skip_bad_inputs_renders_without_them(tmp_path):
+    params = make_tiny_data(tmp_path / "in")
+    _break("missing image", params)
+    _break("undecodable background", params)
+    with pytest.raises(UserError, match="2 unreadable input"):
+        render.main(tmp_path / "out", params)
+    render.main(tmp_path / "out", params, workers=1, skip_bad_inputs=True)
+    manifest = read_manifest(tmp_path / "out" / "manifest.json")
+    skipped = sorted(Path(s["path"]).name for s in manifest["skipped_inputs"])
+    assert skipped == ["N00003.jpg", "b.png"]
+    assert manifest["num_samples"] == 12
+
+
+def test_unsatisfiable_visibility_is_a_user_error(inputs, tmp_path):
+    with pytest.raises(UserError, match="no instance stayed visible"):
+        render.main(tmp_path / "o", inputs, overrides=("synth.min_visible_pixels=2304",))
+    assert not list((tmp_path / "o").glob("*.tar"))
+
+
+def test_a_background_failing_its_full_decode_stops_the_render(tmp_path):
+    params = make_tiny_data(tmp_path / "in")
+    folder = Path(yaml.safe_load(params.read_text())["data"]["background"]["images"])
+    data = (folder / "N00002.jpg").read_bytes()
+    (folder / "N00002.jpg").write_bytes(data[: len(data) // 2])  # header fine, data truncated
+    with pytest.raises(UserError, match=r"N00002.jpg: cannot decode image.*while rendering"):
+        render.main(tmp_path / "out", params, workers=1)
+    assert not (tmp_path / "out" / "manifest.json").exists()
+    records = {p.stem for p in (tmp_path / "out" / ".records").glob("*.json")}
+    assert {p.stem for p in (tmp_path / "out").glob("*.tar")} == records  # only finished shards
+
+
+def test_temporaries_of_a_killed_run_are_cleaned(inputs, rendered, tmp_path):
+    out = tmp_path / "out"
+    shutil.copytree(rendered, out)
+    (out / "train-000003.tar").unlink()
+    (out / ".tmp-train-000003.tar.abc123").write_bytes(b"half a shard")
+    (out / ".tmp-train-000001.tar.zzz").write_bytes(b"someone else's")  # shard 1 is complete
+    render.main(out, inputs, workers=1)
+    assert not (out / ".tmp-train-000003.tar.abc123").exists()
+    assert (out / ".tmp-train-000001.tar.zzz").exists()
+    assert _tree(out) == _tree(rendered)

@@ -1,0 +1,110 @@
+import json
+import tarfile
+
+import numpy as np
+import pytest
+from pycocotools import mask as mask_utils
+
+from segloc.errors import UserError
+from synth.shards import (
+    View,
+    build_manifest,
+    encode_sample,
+    file_sha256,
+    instance_record,
+    read_manifest,
+    write_shard,
+)
+
+
+def _sample(index: int) -> dict[str, bytes]:
+    rng = np.random.default_rng(index)
+    mask = np.zeros((16, 16), dtype=bool)
+    mask[3:9, 4:12] = True
+    inst = instance_record(0, 2, mask, 40, {"image_id": 1, "annotation_id": 5}, {"angle": 3.0})
+    views = [
+        View(
+            f"N{v}.jpg",
+            rng.integers(0, 256, (16, 16, 3), dtype=np.uint8),
+            mask.astype(np.uint8) * 2,
+            [inst],
+        )
+        for v in range(2)
+    ]
+    return encode_sample(index, ("A", "B"), views, jpeg_quality=90, png_level=1)
+
+
+def test_tar_is_reproducible_and_sorted(tmp_path):
+    info = write_shard(tmp_path / "a.tar", ((i, _sample(i)) for i in (3, 7)))
+    again = write_shard(tmp_path / "b.tar", ((i, _sample(i)) for i in (3, 7)))
+    assert (tmp_path / "a.tar").read_bytes() == (tmp_path / "b.tar").read_bytes()
+    assert info == again and info["samples"] == 2
+    assert info["sha256"] == file_sha256(tmp_path / "a.tar")
+    assert info["bytes"] == (tmp_path / "a.tar").stat().st_size
+    with tarfile.open(tmp_path / "a.tar") as tar:
+        members = tar.getmembers()
+    names = [m.name for m in members]
+    assert names == sorted(names) and len(names) == 10
+    assert names[:5] == [
+        "s00000003.json",
+        "s00000003.v0.jpg",
+        "s00000003.v0.seg.png",
+        "s00000003.v1.jpg",
+        "s00000003.v1.seg.png",
+    ]
+    for m in members:
+        assert (m.mtime, m.uid, m.gid, m.mode, m.uname, m.gname) == (0, 0, 0, 0o644, "", "")
+
+
+def test_failed_write_leaves_nothing(tmp_path):
+    def samples():
+        yield 0, _sample(0)
+        raise RuntimeError("renderer crashed")
+
+    with pytest.raises(RuntimeError):
+        write_shard(tmp_path / "x.tar", samples())
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(ValueError, match="increasing index"):
+        write_shard(tmp_path / "y.tar", [(2, _sample(2)), (1, _sample(1))])
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_instance_record_round_trips_the_mask():
+    mask = np.zeros((20, 30), dtype=bool)
+    mask[5:9, 10:25] = True
+    mask[15, 2] = True
+    inst = instance_record(3, 1, mask, 11, {"image_id": 1, "annotation_id": 2}, {})
+    rle = {"size": inst["rle"]["size"], "counts": inst["rle"]["counts"].encode()}
+    np.testing.assert_array_equal(mask_utils.decode(rle).astype(bool), mask)
+    assert inst["bbox"] == [2, 5, 23, 11] and inst["area"] == 61 and inst["visible_area"] == 11
+    json.dumps(inst)  # plain JSON types only
+
+
+def test_manifest_schema_is_checked(tmp_path):
+    manifest = build_manifest(
+        num_shards=1,
+        samples_per_shard=2,
+        canvas=16,
+        classes=("A", "B"),
+        seed=0,
+        params={},
+        records=[
+            {
+                "name": "train-000000.tar",
+                "samples": 2,
+                "sha256": "x",
+                "bytes": 10,
+                "instances_per_class": {"A": 1, "B": 2},
+                "fingerprint": "f",
+            }
+        ],
+        skipped_inputs=[],
+    )
+    assert manifest["num_samples"] == 2 and manifest["instances_per_class"] == {"A": 1, "B": 2}
+    assert "fingerprint" not in manifest["shards"][0]
+    path = tmp_path / "manifest.json"
+    path.write_text(json.dumps({**manifest, "schema": 2}))
+    with pytest.raises(UserError, match="schema 2 is not supported"):
+        read_manifest(path)
+    with pytest.raises(UserError, match="manifest not found"):
+        read_manifest(tmp_path / "nope.json")

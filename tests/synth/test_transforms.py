@@ -1,0 +1,82 @@
+import math
+
+import numpy as np
+import pytest
+
+from synth.config import SynthConfig
+from synth.transforms import Transform, draw_transform, warp
+
+
+def _crop(h: int = 20, w: int = 36) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+    mask = np.zeros((h, w), dtype=bool)
+    mask[2:-2, 3:-3] = True
+    return pixels, mask
+
+
+def test_draw_is_reproducible_and_in_range():
+    cfg = SynthConfig(scale=(20.0, 40.0), density=(0.5, 2.0))
+    draws = [draw_transform(np.random.default_rng([1, i]), cfg, (10, 25)) for i in range(200)]
+    again = [draw_transform(np.random.default_rng([1, i]), cfg, (10, 25)) for i in range(200)]
+    assert draws == again
+    assert all(20.0 <= t.scale * 25 <= 40.0 and 0.5 <= t.density <= 2.0 for t in draws)
+    assert all(-180 <= t.angle <= 180 for t in draws)
+    assert 0.3 < np.mean([t.flip for t in draws]) < 0.7
+
+
+@pytest.mark.parametrize("angle", [0.0, 30.0, 90.0, -135.0, 179.0])
+@pytest.mark.parametrize("scale", [0.5, 1.0, 1.7])
+def test_warp_keeps_the_whole_mask(angle, scale):
+    pixels, mask = _crop()
+    out_pixels, out_mask = warp(pixels, mask, Transform(scale, angle, False, 1.0))
+    assert out_mask.dtype == bool and out_pixels.shape[:2] == out_mask.shape
+    # Nothing cut: the area scales with s^2 (up to nearest-neighbour rounding at the border).
+    expected = mask.sum() * scale**2
+    assert abs(out_mask.sum() - expected) < 0.12 * expected
+    # The expanded box fits the rotated crop tightly.
+    rad = math.radians(angle)
+    h, w = mask.shape[0] * scale, mask.shape[1] * scale
+    assert out_mask.shape[1] <= math.ceil(w * abs(math.cos(rad)) + h * abs(math.sin(rad))) + 1
+    border = np.concatenate([out_mask[0], out_mask[-1], out_mask[:, 0], out_mask[:, -1]])
+    assert not border.all()
+
+
+def test_flip_mirrors_the_crop():
+    pixels, mask = _crop()
+    mask[2:6, 3:8] = False  # make it asymmetric
+    flipped, fmask = warp(pixels, mask, Transform(1.0, 0.0, True, 1.0))
+    np.testing.assert_array_equal(fmask, mask[:, ::-1])
+    np.testing.assert_array_equal(flipped, pixels[:, ::-1])
+
+
+def test_upscale_is_capped_relative_to_the_source():
+    cfg = SynthConfig(scale=(20.0, 40.0), max_upscale=2.0)
+    for i in range(50):
+        small = draw_transform(np.random.default_rng([2, i]), cfg, (5, 8))
+        assert small.scale * 8 <= 16.0 + 1e-9
+        # stored at half size: the source is 16 px long, so up to 32 px
+        stored = draw_transform(np.random.default_rng([2, i]), cfg, (5, 8), prescale=0.5)
+        assert 20.0 <= stored.scale * 8 <= 32.0 + 1e-9
+
+
+def test_enlarged_masks_have_smooth_edges():
+    mask = np.zeros((8, 8), dtype=bool)
+    mask[2:6, 2:6] = True
+    mask[1, 3:5] = mask[6, 3:5] = mask[3:5, 1] = mask[3:5, 6] = True  # a blocky disc
+    _, big = warp(np.zeros((8, 8, 3), np.uint8), mask, Transform(8.0, 0.0, False, 1.0))
+    # nearest neighbour would give 8x8 blocks: 4 distinct row profiles only
+    assert len({tuple(row) for row in big}) > 8
+
+
+@pytest.mark.parametrize("angle", [17.0, -100.0])
+def test_flip_then_rotate_is_one_consistent_warp(angle):
+    pixels, mask = _crop()
+    mask[2:6, 3:8] = False
+    both, both_mask = warp(pixels, mask, Transform(1.3, angle, True, 1.0))
+    ref, ref_mask = warp(
+        pixels[:, ::-1].copy(), mask[:, ::-1].copy(), Transform(1.3, angle, False, 1.0)
+    )
+    assert both.shape == ref.shape
+    assert (both_mask != ref_mask).mean() < 0.01
+    assert np.abs(both.astype(int) - ref).mean() < 1.0
