@@ -1,0 +1,88 @@
+"""`evaluate`: fine-tune from one init and score it; `evaluate report`: compare runs.
+
+    evaluate --init random --data data/pidray --out runs/finetune/random
+    evaluate --init runs/pretrain/segloc --out runs/finetune/segloc --set eval.steps=200
+    evaluate report --runs 'runs/finetune/*' --pretrain 'runs/pretrain/*' --out reports
+    torchrun --nproc_per_node 2 -m eval.cli --init random --out runs/finetune/random
+
+The stages themselves live in `eval.finetune` and `eval.report`.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import click
+
+from segloc.errors import UserError
+
+
+@click.group(invoke_without_command=True)
+@click.option(
+    "--init",
+    "init",
+    metavar="SPEC",
+    help="random | imagenet:PATH | exported backbone (backbone.pt or its run folder)",
+)
+@click.option(
+    "--data",
+    type=click.Path(file_okay=False),
+    help="labeled set in PIDray layout; replaces data.foreground/data.test of params",
+)
+@click.option("--out", type=click.Path(file_okay=False), help="output folder")
+@click.option(
+    "--params",
+    type=click.Path(dir_okay=False),
+    help="params file [default: params.yaml if present]",
+)
+@click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="override a param, e.g. eval.steps=100 (repeatable)",
+)
+@click.option("-v", "--verbose", is_flag=True, help="debug logging")
+@click.pass_context
+def main(ctx: click.Context, init, data, out, params, overrides, verbose) -> None:
+    """Fine-tune a segmentation model from SPEC and score it on every test split."""
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+    )
+    given = init or data or out or params or overrides
+    if ctx.invoked_subcommand is not None:
+        if given:
+            raise UserError("--init/--data/--out/--params/--set go without a subcommand")
+        return
+    if not init or not out:
+        raise UserError("--init and --out are required (see evaluate --help)")
+    from eval import finetune  # torch import only when fine-tuning
+
+    finetune.main(init, out, data=data, params=params, overrides=overrides)
+
+
+@main.command()
+@click.option(
+    "--runs",
+    multiple=True,
+    required=True,
+    metavar="DIR|GLOB",
+    help="fine-tuning output folder or glob (repeatable)",
+)
+@click.option(
+    "--pretrain",
+    multiple=True,
+    metavar="DIR|GLOB",
+    help="pretraining run folder or glob, for loss curves and settings (repeatable)",
+)
+@click.option("--out", type=click.Path(file_okay=False), default="reports", show_default=True)
+def report(runs, pretrain, out) -> None:
+    """Compare fine-tuning runs: results.md with tables and figures."""
+    from eval import report as report_stage
+
+    report_stage.main(runs, pretrain, out)
+
+
+if __name__ == "__main__":
+    main()

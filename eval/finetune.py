@@ -1,0 +1,257 @@
+"""Fine-tune a segmentation model from one init, score it on every test split, repeat over seeds.
+
+    evaluate --init random --data data/pidray --out runs/finetune/random
+    evaluate --init runs/pretrain/segloc --out runs/finetune/segloc      # paths from params.yaml
+    evaluate --init imagenet:weights/resnet18-f37072fd.pth --out runs/finetune/imagenet \
+        --set eval.repeats=5 --set eval.steps=2000
+    torchrun --nproc_per_node 4 -m eval.cli --init random --out runs/finetune/random   # DDP
+
+Every init gets the same recipe, labels and seeds (DESIGN §8): repeat r trains with seed
+eval.seed + r on the labeled subset of the train split for a fixed number of steps (no model
+selection, so nothing is tuned on the test splits), then scores each test split and all of them
+pooled ("overall"). Outputs are listed in `eval.outputs`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from eval import distributed
+from eval.config import EvalConfig, load_eval_config
+from eval.data import (
+    LabeledSets,
+    RankDraws,
+    TrainDraws,
+    load_example,
+    load_sets,
+    normalize,
+    resize_long,
+    resolve_data,
+)
+from eval.distributed import DistEnv
+from eval.metrics import ConfusionMatrix
+from eval.model import Init, build_model, load_init, resolve_init
+from eval.outputs import OVERALL, RepeatResult, write_run
+from segloc.coco import CocoSet
+from segloc.errors import UserError
+from segloc.params import apply_override, load_params, to_dict
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PARAMS = Path("params.yaml")
+SAMPLE_SIZE = 256  # long side of the scans kept for the report's qualitative sheet
+
+
+def main(
+    init: str,
+    out: str | Path,
+    data: str | Path | None = None,
+    params: str | Path | None = None,
+    overrides: Iterable[str] = (),
+) -> dict[str, Any] | None:
+    """Run the stage; returns the metrics document on rank 0 (None on other ranks)."""
+    env = distributed.setup()
+    try:
+        resolved = load_run_params(params, overrides)
+        cfg = load_eval_config(resolved)
+        init_spec = resolve_init(init)
+        sets = load_sets(resolve_data(resolved, data))
+        if OVERALL in sets.test:
+            raise UserError(f"params data.test: '{OVERALL}' is reserved for the pooled test splits")
+        threads = distributed.set_threads(cfg.threads, env)
+        log.info(
+            "init %s: %d labeled train images, test splits %s, %d process(es) x %d threads",
+            init_spec.label,
+            len(sets.labeled),
+            ", ".join(sets.test),
+            env.world,
+            threads,
+        )
+        results = [fine_tune_once(sets, init_spec, cfg, r, env) for r in range(cfg.repeats)]
+        if not env.main:
+            return None
+        config = {
+            "eval": to_dict(cfg),
+            "init": init_spec.describe(),
+            "world_size": env.world,
+            "data": _data_summary(sets),
+        }
+        metrics = write_run(out, results, sets.label_names, config)
+        _log_summary(metrics)
+        return metrics
+    finally:
+        distributed.teardown()
+
+
+def load_run_params(path: str | Path | None, overrides: Iterable[str]) -> dict[str, Any]:
+    """params.yaml (if `path` is None: ./params.yaml when present) with eval defaults filled in,
+    so `--set eval.KEY=VALUE` works without a params file."""
+    if path is None and not DEFAULT_PARAMS.is_file():
+        params: dict[str, Any] = {}
+    else:
+        params = load_params(path or DEFAULT_PARAMS)
+    section = params.get("eval", {})
+    if isinstance(section, dict):  # anything else is reported by load_eval_config
+        params["eval"] = {**to_dict(EvalConfig()), **section}
+    for item in overrides:
+        apply_override(params, item)
+    return params
+
+
+def fine_tune_once(
+    sets: LabeledSets, init: Init, cfg: EvalConfig, repeat: int, env: DistEnv
+) -> RepeatResult:
+    seed = cfg.seed + repeat
+    model = build_model(
+        cfg.arch,
+        cfg.head,
+        len(sets.label_names),
+        cfg.output_stride,
+        torch.Generator().manual_seed(seed),
+    )
+    load_init(model, init, cfg.arch)
+    model.to(env.device)
+    if env.device.type == "cuda":
+        model.to(memory_format=torch.channels_last)  # faster convolutions with bf16 on GPU
+    start = time.perf_counter()
+    losses = train(model, sets, cfg, seed, env, desc=f"{init.label} seed {seed}")
+    trained = time.perf_counter()
+    matrices = {name: score_split(model, coco, cfg, env) for name, coco in sets.test.items()}
+    matrices[OVERALL] = sum(matrices.values())
+    seconds = {"train": trained - start, "test": time.perf_counter() - trained}
+    log.info(
+        "seed %d: trained in %.1f s, scored in %.1f s", seed, seconds["train"], seconds["test"]
+    )
+    result = RepeatResult(seed, matrices, losses, seconds)
+    if repeat == 0 and env.main:
+        result.samples = predict_samples(model, sets, cfg, env)
+        result.state = model.state_dict() if cfg.save_model else None
+    return result
+
+
+def train(
+    model: nn.Module,
+    sets: LabeledSets,
+    cfg: EvalConfig,
+    seed: int,
+    env: DistEnv,
+    desc: str = "fine-tune",
+) -> list[float]:
+    """SGD with poly lr for cfg.steps steps; returns this rank's loss per step."""
+    draws = TrainDraws(sets, seed, cfg.base_size, cfg.crop_size, cfg.scale_range)
+    loader = DataLoader(
+        draws,
+        batch_size=cfg.batch_size,
+        num_workers=cfg.workers,
+        sampler=RankDraws(cfg.steps, cfg.batch_size, env.rank, env.world),
+        pin_memory=env.device.type == "cuda",
+    )
+    net = DistributedDataParallel(model) if env.world > 1 else model
+    opt = torch.optim.SGD(
+        model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+    )
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda step: max(0.0, 1 - step / cfg.steps) ** cfg.poly_power
+    )
+    losses = []
+    model.train()
+    # Dropout in the head draws from torch's global generator (it takes none of its own): scope a
+    # seeded copy of it to this run, so runs repeat exactly and the caller's state is untouched.
+    with torch.random.fork_rng(devices=[env.device] if env.device.type == "cuda" else []):
+        torch.manual_seed(seed * 1000 + env.rank)
+        for images, labels in tqdm(loader, desc=desc, disable=not env.main, leave=False):
+            images, labels = images.to(env.device), labels.to(env.device)
+            with _autocast(cfg, env):
+                logits = net(images)["out"]  # NxCxHxW at the crop size
+            loss = F.cross_entropy(logits.float(), labels, ignore_index=255)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            losses.append(loss.item())
+    return losses
+
+
+def _autocast(cfg: EvalConfig, env: DistEnv):
+    enabled = cfg.amp and env.device.type == "cuda"
+    return torch.autocast(env.device.type, dtype=torch.bfloat16, enabled=enabled)
+
+
+@torch.no_grad()
+def predict(model: nn.Module, rgb: np.ndarray, cfg: EvalConfig, env: DistEnv) -> torch.Tensor:
+    """HxW class map for an HxWx3 scan: inferred at long side base_size, logits upsampled back
+    so scores are taken on the original label pixels."""
+    model.eval()
+    x = normalize(resize_long(rgb, cfg.base_size))[None].to(env.device)
+    with _autocast(cfg, env):
+        logits = model(x)["out"]
+    logits = F.interpolate(logits.float(), size=rgb.shape[:2], mode="bilinear", align_corners=False)
+    return logits[0].argmax(0)
+
+
+def score_split(model: nn.Module, coco: CocoSet, cfg: EvalConfig, env: DistEnv) -> np.ndarray:
+    """Pixel confusion matrix of one split; each rank scores every world-th image, then all-reduce."""
+    cm = ConfusionMatrix(len(coco.class_names) + 1, env.device)
+    images = coco.images[env.rank :: env.world]
+    for image in tqdm(
+        images, desc=f"score {coco.json_path.stem}", disable=not env.main, leave=False
+    ):
+        rgb, truth = load_example(coco, image)
+        cm.update(torch.from_numpy(truth).to(env.device), predict(model, rgb, cfg, env))
+    cm.reduce_from_all_processes()
+    return cm.numpy()
+
+
+def predict_samples(
+    model: nn.Module, sets: LabeledSets, cfg: EvalConfig, env: DistEnv
+) -> dict[str, np.ndarray]:
+    """Scan, truth and prediction (long side SAMPLE_SIZE) of evenly spaced images of each split;
+    the choice depends on the data only, so every init's run shows the same images."""
+    arrays: dict[str, np.ndarray] = {}
+    names = []
+    for split, coco in sets.test.items():
+        picks = np.unique(np.linspace(0, len(coco.images) - 1, cfg.samples_per_split).round())
+        for i in picks.astype(int):
+            image = coco.images[i]
+            rgb, truth = load_example(coco, image)
+            pred = predict(model, rgb, cfg, env).cpu().numpy().astype(np.uint8)
+            k = len(names)
+            arrays[f"scan_{k}"] = resize_long(rgb, SAMPLE_SIZE)
+            arrays[f"truth_{k}"] = resize_long(truth, SAMPLE_SIZE, nearest=True)
+            arrays[f"pred_{k}"] = resize_long(pred, SAMPLE_SIZE, nearest=True)
+            names.append(f"{split}:{image.file_name}")
+    arrays["names"] = np.array(names)
+    return arrays
+
+
+def _data_summary(sets: LabeledSets) -> dict[str, Any]:
+    return {
+        "train": str(sets.train.json_path),
+        "labeled_images": len(sets.labeled),
+        "train_images": len(sets.train.images),
+        "test": {
+            name: {"annotations": str(c.json_path), "images": len(c.images)}
+            for name, c in sets.test.items()
+        },
+        "classes": list(sets.label_names),
+    }
+
+
+def _log_summary(metrics: dict[str, Any]) -> None:
+    for split, entry in metrics["splits"].items():
+        m = entry["mIoU"]
+        mean = f"{100 * m['mean']:.1f}" if m["mean"] is not None else "n/a (no pixel scored)"
+        std = f" ± {100 * m['std']:.1f}" if m["std"] is not None else ""
+        log.info("%s: mIoU %s%s over %d repeat(s)", split, mean, std, metrics["repeats"])

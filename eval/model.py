@@ -1,0 +1,225 @@
+"""Segmentation model on a torchvision ResNet, and the inits it starts from.
+
+    model = build_model("resnet18", "fcn", num_classes=13, output_stride=16, generator=g)
+    init = resolve_init("runs/pretrain/segloc")        # or "random", "imagenet:resnet18.pth"
+    load_init(model, init, "resnet18")
+
+`model.backbone` is torchvision's IntermediateLayerGetter over the ResNet: its state_dict keys are
+the ResNet's minus `fc`/`avgpool`, so an exported backbone (`RUN/backbone.pt`, DESIGN §3) loads as
+is, checked key by key and shape by shape.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torchvision
+from torch import nn
+from torchvision.models._utils import IntermediateLayerGetter
+from torchvision.models.segmentation.deeplabv3 import DeepLabHead, DeepLabV3
+from torchvision.models.segmentation.fcn import FCN, FCNHead
+
+from eval.data import MEAN, STD
+from segloc.errors import UserError
+
+log = logging.getLogger(__name__)
+
+# Layers that dilate instead of striding for each output stride (DeepLab's recipe).
+DILATED_LAYERS = {32: (), 16: ("layer4",), 8: ("layer3", "layer4")}
+# ASPP rates scale with the feature map: (6, 12, 18) at stride 16 as in DeepLabV3, doubled at 8.
+ASPP_RATES = {32: (3, 6, 9), 16: (6, 12, 18), 8: (12, 24, 36)}
+
+
+@dataclass(frozen=True)
+class Init:
+    kind: Literal["random", "backbone", "imagenet"]
+    label: str  # row name in reports
+    path: Path | None = None  # weights file
+    arch: str | None = None  # architecture the weights declare (backbone.json), if known
+    meta: dict[str, Any] = field(default_factory=dict)  # backbone.json
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "label": self.label,
+            "path": str(self.path) if self.path else None,
+            "arch": self.arch,
+            "meta": self.meta,
+        }
+
+
+def build_model(
+    arch: str, head: str, num_classes: int, output_stride: int, generator: torch.Generator
+) -> nn.Module:
+    """Randomly initialised FCN or DeepLabV3 on `arch`; logits come back at the input size."""
+    # Built on the meta device: torchvision's own init would draw from the global RNG; ours takes
+    # `generator` instead, and materialising once saves the double init.
+    with torch.device("meta"):
+        resnet = getattr(torchvision.models, arch)(weights=None)
+        _dilate(resnet, output_stride)
+        backbone = IntermediateLayerGetter(resnet, {"layer4": "out"})
+        channels = resnet.fc.in_features
+        if head == "fcn":
+            model = FCN(backbone, FCNHead(channels, num_classes))
+        else:
+            model = DeepLabV3(
+                backbone, DeepLabHead(channels, num_classes, ASPP_RATES[output_stride])
+            )
+    model.to_empty(device="cpu")
+    _init_weights(model, generator)
+    return model
+
+
+def _dilate(resnet: nn.Module, output_stride: int) -> None:
+    """Trade the stride of later layers for dilation, as torchvision's `replace_stride_with_dilation`
+    does for Bottleneck ResNets; done by hand because BasicBlock (resnet18/34) refuses it."""
+    dilation = 1
+    for name in DILATED_LAYERS[output_stride]:
+        previous, dilation = dilation, dilation * 2
+        for i, block in enumerate(getattr(resnet, name)):
+            d = previous if i == 0 else dilation  # the first block keeps the incoming dilation
+            for m in block.modules():
+                if isinstance(m, nn.Conv2d):
+                    m.stride = (1, 1)
+                    if m.kernel_size == (3, 3):
+                        m.dilation = m.padding = (d, d)
+
+
+def _init_weights(model: nn.Module, generator: torch.Generator) -> None:
+    """torchvision's ResNet init (He normal, fan_out; BN 1/0), drawn from `generator`."""
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(
+                m.weight, mode="fan_out", nonlinearity="relu", generator=generator
+            )
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.BatchNorm2d):
+            m.reset_parameters()  # also resets running stats left uninitialised by to_empty
+        elif any(True for _ in m.parameters(recurse=False)):
+            raise TypeError(f"no init rule for {type(m).__name__}")
+    # Small classifier weights start every class near equal probability (common practice in
+    # segmentation heads); He init on a 1x1 conv to a dozen outputs gives large initial logits.
+    last = [m for m in model.classifier.modules() if isinstance(m, nn.Conv2d)][-1]
+    nn.init.normal_(last.weight, std=0.01, generator=generator)
+
+
+def resolve_init(spec: str) -> Init:
+    """`random`, `imagenet:PATH` (torchvision weights file) or an exported backbone (file or run)."""
+    if spec == "random":
+        return Init("random", "random")
+    if spec.startswith("imagenet:"):
+        path = Path(spec.removeprefix("imagenet:"))
+        if not path.is_file():
+            raise UserError(
+                f"{path}: ImageNet weights file not found. This pipeline never downloads: fetch "
+                f"torchvision's ImageNet weights for the architecture (e.g. resnet18-f37072fd.pth) "
+                f"on a machine with network and put the file at {path}"
+            )
+        return Init("imagenet", "imagenet", path)
+    path = Path(spec)
+    if path.is_dir():
+        path = path / "backbone.pt"
+    if not path.is_file():
+        raise UserError(
+            f"--init {spec}: expected 'random', 'imagenet:PATH' or an exported backbone "
+            f"(a backbone.pt file or its run folder); {path} not found"
+        )
+    meta = _read_meta(path.with_suffix(".json"))
+    label = str(meta.get("method") or path.parent.name)
+    return Init("backbone", label, path, meta.get("arch"), meta)
+
+
+def _read_meta(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        log.warning(
+            "%s: not found; the backbone's architecture is checked by its weights alone", path
+        )
+        return {}
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise UserError(f"{path}: cannot read backbone config ({err})") from err
+    if not isinstance(meta, dict):
+        raise UserError(f"{path}: expected a JSON object with 'arch' and 'method'")
+    return meta
+
+
+def load_init(model: nn.Module, init: Init, arch: str) -> None:
+    """Load `init`'s weights into `model.backbone` (nothing for random), strictly checked."""
+    if init.kind == "random":
+        return
+    if init.arch is not None and init.arch != arch:
+        raise UserError(
+            f"{init.path}: backbone is {init.arch} but eval.arch is {arch}; every init must be "
+            f"fine-tuned with the same architecture (set eval.arch={init.arch} for all of them)"
+        )
+    _check_normalization(init)
+    state = _read_state(init.path)
+    # ImageNet files carry the classifier; it has no place in a segmentation model.
+    state = {k: v for k, v in state.items() if not k.startswith("fc.")}
+    check_state(model.backbone.state_dict(), state, f"{init.path} (for {arch})")
+    model.backbone.load_state_dict(state, strict=True)
+
+
+def _check_normalization(init: Init) -> None:
+    """Warn when pretraining normalised its inputs otherwise than fine-tuning does."""
+    section = init.meta.get("input")
+    norm = section.get("normalize") if isinstance(section, dict) else None
+    if not isinstance(norm, dict):
+        return
+    ours = {"mean": (MEAN / 255).tolist(), "std": (STD / 255).tolist()}
+    for key, values in ours.items():
+        theirs = norm.get(key)
+        same = (
+            isinstance(theirs, list) and len(theirs) == 3 and np.allclose(theirs, values, atol=1e-4)
+        )
+        if not same:
+            log.warning(
+                "%s: pretraining normalised with %s=%s, fine-tuning uses %s",
+                init.path,
+                key,
+                theirs,
+                [round(v, 4) for v in values],
+            )
+
+
+def _read_state(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises many types for a bad file: all mean "not loadable"
+        raise UserError(f"{path}: cannot load weights ({type(err).__name__}: {err})") from err
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise UserError(f"{path}: expected a state_dict (a mapping of names to tensors)")
+    return state
+
+
+def check_state(
+    expected: dict[str, torch.Tensor], state: dict[str, torch.Tensor], source: str
+) -> None:
+    """`UserError` naming the first few missing, unexpected or mis-shaped keys."""
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    shapes = [
+        f"{k} {tuple(state[k].shape)} != {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in state and state[k].shape != v.shape
+    ]
+    problems = [
+        ("missing keys", missing),
+        ("unexpected keys", unexpected),
+        ("wrong shapes", shapes),
+    ]
+    found = [
+        f"{what}: {', '.join(items[:3])}{' ...' if len(items) > 3 else ''}"
+        for what, items in problems
+        if items
+    ]
+    if found:
+        raise UserError(f"{source}: weights do not fit the backbone ({'; '.join(found)})")

@@ -1,0 +1,50 @@
+"""Run by test_ddp under torchrun: score the test splits, then fine-tune, with 2 gloo processes.
+
+torchrun --standalone --nproc_per_node 2 -m tests.eval.ddp_worker DATA OUT
+"""
+
+import sys
+from pathlib import Path
+
+import torch
+
+from eval import distributed, finetune
+from eval.config import EvalConfig
+from eval.data import load_sets, resolve_data
+from eval.model import build_model
+from segloc.atomic import write_json
+
+SCORE_CFG = EvalConfig(base_size=64, output_stride=32)
+TINY = [
+    "eval.steps=2",
+    "eval.batch_size=2",
+    "eval.crop_size=48",
+    "eval.base_size=64",
+    "eval.repeats=1",
+    "eval.output_stride=32",
+    "eval.samples_per_split=1",
+    "eval.threads=1",
+]
+
+
+def score(sets, env):
+    """Confusion matrices of a fixed random model: every rank scores its share, then all-reduce."""
+    model = build_model(
+        "resnet18", "fcn", len(sets.label_names), 32, torch.Generator().manual_seed(0)
+    )
+    return {
+        n: finetune.score_split(model, c, SCORE_CFG, env).tolist() for n, c in sets.test.items()
+    }
+
+
+def main(data: str, out: str) -> None:
+    env = distributed.setup()
+    torch.set_num_threads(1)
+    matrices = score(load_sets(resolve_data({}, data)), env)
+    if env.main:
+        write_json(Path(out) / "scores.json", {"world": env.world, "matrices": matrices})
+    finetune.main("random", Path(out) / "run", data=data, overrides=TINY)
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])

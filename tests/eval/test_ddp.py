@@ -1,0 +1,51 @@
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from eval.data import load_sets, resolve_data
+from eval.distributed import DistEnv
+from tests.eval import ddp_worker
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.ddp
+def test_two_process_scores_equal_one_process(pidray, tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "tests.eval.ddp_worker",
+        str(pidray),
+        str(tmp_path / "ddp"),
+    ]
+    done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    ddp = json.loads((tmp_path / "ddp" / "scores.json").read_text())
+    assert ddp["world"] == 2
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        single = ddp_worker.score(
+            load_sets(resolve_data({}, pidray)),
+            DistEnv(rank=0, world=1, local_world=1, device=torch.device("cpu")),
+        )
+    finally:
+        torch.set_num_threads(threads)
+    assert ddp["matrices"] == single
+    # A 2-process fine-tune writes the same outputs, once.
+    config = json.loads((tmp_path / "ddp" / "run" / "config.json").read_text())
+    assert config["world_size"] == 2
+    metrics = json.loads((tmp_path / "ddp" / "run" / "metrics.json").read_text())
+    assert metrics["splits"]["overall"]["mIoU"]["mean"] is not None
