@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# GPU check of the pretraining stage: GPU-marked tests plus a throughput run; runs on CPU too.
+#
+#   bench/gpu_check.sh                 # results under ./gpu_out
+#   OUT=/some/dir bench/gpu_check.sh   # results under $OUT
+#
+# Writes $OUT/gpu_check.log (everything), $OUT/gpu_tests.log, $OUT/train_step.json and
+# $OUT/gpu_check.json (a summary). With CUDA: resnet50, 224 px crops, bf16, batch 64 (two views).
+# Without: resnet18, 64 px, batch 8, so the script itself can be checked on a laptop.
+set -uo pipefail
+
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+OUT="${OUT:-./gpu_out}"
+mkdir -p "$OUT"
+OUT="$(cd "$OUT" && pwd)"
+LOG="$OUT/gpu_check.log"
+cd "$REPO"
+exec > >(tee -a "$LOG") 2>&1
+
+# 1. Environment: the project venv if there is one, else a python with torch plus the repo on
+#    PYTHONPATH (the GPU machine has no network, so nothing heavy gets installed here).
+if [ -x "$REPO/.venv/bin/python" ] && "$REPO/.venv/bin/python" -c "import torch" 2>/dev/null; then
+  PY="$REPO/.venv/bin/python"
+else
+  PY="$(command -v python3 || command -v python)"
+  if ! "$PY" -c "import torch, torchvision" 2>/dev/null; then
+    echo "no python with torch found: install the project first (pip install -e '.[dev]')"
+    exit 1
+  fi
+  "$PY" -m pip install --no-deps --no-build-isolation -q -e "$REPO" 2>/dev/null \
+    || echo "pip install -e skipped; using PYTHONPATH"
+  for pair in webdataset:webdataset pycocotools:pycocotools cv2:opencv-python-headless \
+              click:click yaml:pyyaml tqdm:tqdm pytest:pytest; do
+    mod="${pair%%:*}" pkg="${pair#*:}"
+    "$PY" -c "import $mod" 2>/dev/null || "$PY" -m pip install -q "$pkg" \
+      || echo "missing python module $mod (pip package $pkg)"
+  done
+fi
+export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
+CUDA="$("$PY" -c "import torch; print(int(torch.cuda.is_available()))")"
+"$PY" - <<'PYEOF'
+import torch
+print("torch", torch.__version__, "cuda", torch.version.cuda,
+      torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU")
+PYEOF
+
+# 2. GPU-marked tests (skipped, not failed, without CUDA).
+"$PY" -m pytest tests/train -m gpu -q -p no:cacheprovider 2>&1 | tee "$OUT/gpu_tests.log"
+TESTS_RC=${PIPESTATUS[0]}
+[ "$TESTS_RC" = 5 ] && TESTS_RC=0  # 5: nothing collected/selected
+
+# 3. Throughput: same batches, same weights, segloc vs one queue vs insloc.
+if [ "$CUDA" = 1 ]; then
+  ARGS=(--arch resnet50 --crop 224 --batch 64 --steps 20 --warmup 5 --device cuda)
+else
+  ARGS=(--arch resnet18 --crop 64 --batch 8 --steps 3 --warmup 1 --device cpu)
+fi
+"$PY" bench/train_step.py "${ARGS[@]}" --json "$OUT/train_step.json"
+BENCH_RC=$?
+
+"$PY" - "$OUT" "$TESTS_RC" "$BENCH_RC" "$CUDA" <<'PYEOF'
+import json, sys, pathlib
+out, tests, bench, cuda = pathlib.Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+step = out / "train_step.json"
+summary = {"cuda": cuda == "1", "tests_rc": tests, "bench_rc": bench,
+           "train_step": json.loads(step.read_text()) if step.is_file() else None}
+(out / "gpu_check.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+print(json.dumps(summary, indent=2, sort_keys=True))
+PYEOF
+[ "$TESTS_RC" = 0 ] && [ "$BENCH_RC" = 0 ]

@@ -1,0 +1,97 @@
+"""Backbone, pooling and head: shapes, pooling against naive references, seeded init."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from train.model import (
+    Encoder,
+    Regions,
+    SplitBatchNorm2d,
+    box_pool,
+    fpn_level,
+    init_weights,
+    mask_pool,
+    split_batchnorm,
+)
+
+
+def _regions(masks: torch.Tensor, inst_img: list[int]) -> Regions:
+    inst_img_t = torch.tensor(inst_img)
+    slot = torch.tensor([inst_img[:i].count(b) for i, b in enumerate(inst_img)])
+    return Regions(inst_img_t, slot, int(slot.max()) + 1, masks=masks)
+
+
+def test_mask_pool_is_the_mask_weighted_mean_on_the_right_image():
+    g = torch.Generator().manual_seed(0)
+    feat = torch.randn(3, 5, 4, 4, generator=g)
+    masks = (torch.rand(4, 16, 16, generator=g) > 0.6).float()
+    regions = _regions(masks, [0, 2, 2, 1])
+    pooled = mask_pool(feat, regions)
+    for m, b in enumerate(regions.inst_img.tolist()):
+        w = F.adaptive_avg_pool2d(masks[m][None, None], (4, 4))[0, 0]
+        expect = (feat[b] * w).sum((1, 2)) / w.sum()
+        torch.testing.assert_close(pooled[m], expect, rtol=1e-5, atol=1e-6)
+
+
+def test_a_mask_smaller_than_a_cell_still_pools():
+    feat = torch.randn(1, 2, 2, 2)
+    masks = torch.zeros(1, 64, 64)
+    masks[0, 40:42, 5:7] = 1.0  # 4 pixels of a 32x32 cell
+    torch.testing.assert_close(mask_pool(feat, _regions(masks, [0]))[0], feat[0, :, 1, 0])
+
+
+def test_box_pool_of_the_whole_image_is_the_global_mean():
+    feat = torch.arange(2 * 3 * 4 * 4, dtype=torch.float32).view(2, 3, 4, 4)
+    regions = Regions(
+        torch.tensor([1]), torch.tensor([0]), 1, boxes=torch.tensor([[0.0, 0, 32, 32]])
+    )
+    torch.testing.assert_close(
+        box_pool(feat, regions, 8)[0], feat[1].mean((1, 2)), rtol=0.05, atol=0.3
+    )
+
+
+def test_fpn_level_rule():
+    levels = fpn_level(torch.tensor([10.0, 56.0, 112.0, 224.0, 448.0, 2000.0]))
+    assert levels.tolist() == [0, 0, 1, 2, 3, 3]
+
+
+@pytest.mark.parametrize(
+    ("pooling", "fpn"),
+    [("mask", False), ("mask", True), ("box", False), ("box", True), ("image", False)],
+)
+def test_encoder_embeds_unit_vectors(pooling, fpn):
+    enc = Encoder("resnet18", pooling, 16, fpn)
+    init_weights(enc, torch.Generator().manual_seed(0))
+    x = torch.randn(2, 3, 64, 64)
+    masks = torch.zeros(3, 64, 64)
+    masks[:, 10:40, 20:50] = 1.0
+    regions = _regions(masks, [0, 1, 1])
+    regions.boxes = torch.tensor([[20.0, 10, 50, 40]] * 3)
+    out = enc(x, None if pooling == "image" else regions)
+    assert out.shape == ((2 if pooling == "image" else 3), 16)
+    torch.testing.assert_close(out.norm(dim=1), torch.ones(out.shape[0]))
+    out.sum().backward()  # every parameter is in the graph (DDP needs that)
+    assert all(p.grad is not None for p in enc.parameters())
+
+
+def test_init_is_a_function_of_the_generator_only():
+    a, b, c = (Encoder("resnet18", "mask", 8, False) for _ in range(3))
+    init_weights(a, torch.Generator().manual_seed(3))
+    init_weights(b, torch.Generator().manual_seed(3))
+    init_weights(c, torch.Generator().manual_seed(4))
+    sa, sb, sc = a.state_dict(), b.state_dict(), c.state_dict()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert not torch.equal(sa["trunk.body.conv1.weight"], sc["trunk.body.conv1.weight"])
+
+
+def test_split_batchnorm_normalises_each_group_apart():
+    net = split_batchnorm(torch.nn.Sequential(torch.nn.BatchNorm2d(2)), groups=2)
+    assert isinstance(net[0], SplitBatchNorm2d)
+    x = torch.randn(8, 2, 3, 3)
+    x[4:] += 10.0  # second half shifted: a whole-batch BN would leave the halves apart
+    out = net(x)
+    for part in (out[:4], out[4:]):
+        torch.testing.assert_close(part.mean((0, 2, 3)), torch.zeros(2), atol=1e-5, rtol=0)

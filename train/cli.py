@@ -1,0 +1,121 @@
+"""`pretrain`: self-supervised (or supervised) pretraining of a ResNet on rendered shards.
+
+    pretrain --method segloc --shards data/shards --out runs/segloc
+    pretrain --method insloc --shards data/shards --out runs/insloc --set pretrain.steps=500
+    pretrain --method segloc --shards data/shards --out runs/segloc --resume     # after SIGTERM
+    torchrun --nproc_per_node 4 -m train.cli --method segloc --shards data/shards --out runs/segloc
+
+Methods: segloc (mask pooling, one queue per class), insloc (box RoIAlign, one queue),
+moco (image level, one queue), supervised (per-pixel cross-entropy on the label maps).
+Params come from the `pretrain` section of params.yaml (cwd, or --params); without a params file
+the built-in defaults apply. --set takes dotted keys (pretrain.lr=0.1) and may repeat.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from segloc.errors import UserError
+from segloc.params import apply_override, load_params, to_dict
+from train import dist
+from train.config import METHODS, PretrainConfig, load_pretrain_config
+from train.loop import Interrupted, run
+
+log = logging.getLogger(__name__)
+
+
+def resolve_params(params_file: str | None, overrides: tuple[str, ...]) -> dict:
+    """params.yaml (or --params) over the built-in defaults, then --set overrides.
+
+    Keys missing from the file's `pretrain` section take their defaults, so --set can reach every
+    key; unknown keys in the file still fail when the config is built.
+    """
+    path = Path(params_file or "params.yaml")
+    if path.is_file() or params_file is not None:
+        params = load_params(path)
+    else:
+        log.info("no params.yaml here: using the built-in pretrain defaults")
+        params = {}
+    section = params.get("pretrain")
+    if section is not None and not isinstance(section, dict):
+        raise UserError(f"params pretrain: expected a mapping in {path}")
+    params["pretrain"] = _merge(to_dict(PretrainConfig()), section or {})
+    for item in overrides:
+        apply_override(params, item)
+    return params
+
+
+def _merge(base: dict, top: dict) -> dict:
+    out = dict(base)
+    for key, value in top.items():
+        both = isinstance(value, dict) and isinstance(base.get(key), dict)
+        out[key] = _merge(base[key], value) if both else value
+    return out
+
+
+def _setup_logging(verbose: bool) -> None:
+    rank_zero = not dist.launched_by_torchrun() or int(os.environ.get("RANK", 0)) == 0
+    level = logging.DEBUG if verbose else logging.INFO
+    logging.basicConfig(
+        level=level if rank_zero else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--method", required=True, type=click.Choice(sorted(METHODS)), help="Pretraining method."
+)
+@click.option(
+    "--shards",
+    "shards_dir",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Folder of train-*.tar shards and manifest.json (synth render output).",
+)
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Output folder.")
+@click.option(
+    "--params",
+    "params_file",
+    default=None,
+    type=click.Path(),
+    help="Params YAML (default: ./params.yaml, else built-in defaults).",
+)
+@click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Override a param, e.g. pretrain.steps=200 (repeatable).",
+)
+@click.option("--resume", is_flag=True, help="Continue from OUT/checkpoint.pt.")
+@click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
+def main(
+    method: str,
+    shards_dir: Path,
+    out: Path,
+    params_file: str | None,
+    overrides: tuple[str, ...],
+    resume: bool,
+    verbose: bool,
+) -> None:
+    """Pretrain a backbone on rendered two-view shards and export it for fine-tuning."""
+    _setup_logging(verbose)
+    cfg = load_pretrain_config(resolve_params(params_file, overrides))
+    try:
+        run(cfg, method, shards_dir, out, resume=resume)
+    except Interrupted as err:
+        log.warning("%s", err)
+        sys.exit(130)
+    finally:
+        dist.shutdown()
+
+
+if __name__ == "__main__":
+    main()

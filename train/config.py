@@ -1,0 +1,150 @@
+"""The `pretrain` section of params.yaml, shared by every method (segloc, insloc, moco, supervised).
+
+    cfg = load_pretrain_config(load_params("params.yaml", ["pretrain.steps=200"]))
+
+Methods are presets of two switches (DESIGN §2); `pooling` / `queue` left null take the preset,
+set them for an ablation (e.g. `segloc` with `queue: single` is InsLoc pairing with mask pooling).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from segloc.errors import UserError
+from segloc.params import from_dict
+
+Pooling = Literal["mask", "box", "image"]
+QueueKind = Literal["per_class", "single"]
+
+
+@dataclass(frozen=True)
+class Preset:
+    pooling: Pooling | None  # None: no contrastive head (supervised)
+    queue: QueueKind | None
+
+
+METHODS: dict[str, Preset] = {
+    "segloc": Preset("mask", "per_class"),
+    "insloc": Preset("box", "single"),
+    "moco": Preset("image", "single"),
+    "supervised": Preset(None, None),
+}
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    crop: int = 112  # side of the square crops fed to the backbone (px)
+    scale: tuple[float, float] = (0.5, 1.0)  # random-resized-crop area range, share of the canvas
+    ratio: tuple[float, float] = (0.75, 1.3333)
+    hflip: float = 0.5
+    vflip: float = 0.5  # bags lie in any orientation on the belt, so vertical flips are fair
+    jitter_p: float = 0.8
+    brightness: float = 0.4
+    contrast: float = 0.4
+    saturation: float = 0.2  # mild: colour encodes material in dual-energy pseudo-colour
+    hue: float = 0.0  # off: a hue shift turns metal-blue into organic-orange
+    blur_p: float = 0.5
+    blur_sigma: tuple[float, float] = (0.1, 2.0)  # at 224 px; scaled with the crop size
+    min_instance_px: int = 16  # an instance with fewer visible pixels in a crop is dropped
+    box_jitter: float = 0.1  # InsLoc: query-side box shift/scale, share of the box size
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    arch: Literal["resnet18", "resnet34", "resnet50", "resnet101"] = "resnet18"
+    fpn: bool = False  # pool instances from P2..P5 (level by size) instead of C5
+    pooling: Pooling | None = None  # null: the method's preset
+    queue: QueueKind | None = None  # null: the method's preset
+    dim: int = 128
+    queue_size: int = 4096  # entries in the whole bank; per-class queues get queue_size // C each
+    temperature: float = 0.2
+    momentum: float = 0.98  # key-encoder momentum at step 0, cosine-raised to 1
+    shuffle_bn_groups: int = 2  # key encoder: BN over shuffled sub-batches (one-process shuffle-BN)
+    batch_size: int = 16  # per process
+    steps: int | None = 80  # ~2 min per method at 0.64 steps/s (2-core CPU, resnet18, 112 px)
+    epochs: float | None = None  # passes over manifest num_samples; set steps to null to use it
+    lr: float = 0.5  # per 256 samples (scaled by global batch / 256); high for short runs
+    warmup: float = 0.05  # share of the steps with linear lr warm-up
+    weight_decay: float = 1e-4
+    sgd_momentum: float = 0.9
+    nesterov: bool = False
+    clip_grad: float | None = None  # max global grad norm; null: no clipping
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    workers: int = 1  # DataLoader workers per process; also the number of sample streams
+    shuffle_buffer: int = 512  # samples held (encoded) in each stream's shuffle buffer
+    checkpoint_every: int = 50
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    compile: bool = False  # torch.compile the query backbone (GPU)
+    threads: int = 1  # torch intra-op threads, 0: torch's default (1 beat 2 on a busy 2-core box)
+    seed: int = 0
+
+
+def load_pretrain_config(params: dict[str, Any]) -> PretrainConfig:
+    section = params.get("pretrain", {})
+    cfg = from_dict(PretrainConfig, section if section is not None else {}, "pretrain")
+    check_config(cfg)
+    return cfg
+
+
+def resolve_preset(cfg: PretrainConfig, method: str) -> Preset:
+    if method not in METHODS:
+        raise UserError(f"--method {method!r}: expected one of {', '.join(METHODS)}")
+    preset = METHODS[method]
+    if preset.pooling is None:
+        return preset
+    return Preset(cfg.pooling or preset.pooling, cfg.queue or preset.queue)
+
+
+def total_steps(cfg: PretrainConfig, num_samples: int, world_size: int) -> int:
+    if cfg.steps is not None:
+        return cfg.steps
+    return max(1, math.ceil(cfg.epochs * num_samples / (cfg.batch_size * world_size)))
+
+
+def check_config(cfg: PretrainConfig) -> None:
+    """Reject values that type-check but cannot work, naming the key."""
+    if (cfg.steps is None) == (cfg.epochs is None):
+        raise UserError("params pretrain.steps / pretrain.epochs: set exactly one, the other null")
+    positive = {
+        "steps": cfg.steps if cfg.steps is not None else 1,
+        "epochs": cfg.epochs if cfg.epochs is not None else 1,
+        "batch_size": cfg.batch_size,
+        "dim": cfg.dim,
+        "queue_size": cfg.queue_size,
+        "temperature": cfg.temperature,
+        "checkpoint_every": cfg.checkpoint_every,
+        "shuffle_bn_groups": cfg.shuffle_bn_groups,
+        "shuffle_buffer": cfg.shuffle_buffer,
+        "augment.crop": cfg.augment.crop,
+    }
+    for key, value in positive.items():
+        if value <= 0:
+            raise UserError(f"params pretrain.{key}: expected a positive number, got {value}")
+    if not 0.0 <= cfg.momentum < 1.0:
+        raise UserError(
+            f"params pretrain.momentum: expected a number in [0, 1), got {cfg.momentum}"
+        )
+    if not 0.0 <= cfg.warmup < 1.0:
+        raise UserError(f"params pretrain.warmup: expected a number in [0, 1), got {cfg.warmup}")
+    if cfg.workers < 0 or cfg.threads < 0:
+        raise UserError("params pretrain.workers / pretrain.threads: expected 0 or more")
+    _check_augment(cfg.augment)
+
+
+def _check_augment(aug: AugmentConfig) -> None:
+    lo, hi = aug.scale
+    if not 0.0 < lo <= hi <= 1.0:
+        raise UserError(
+            f"params pretrain.augment.scale: expected 0 < min <= max <= 1, got {aug.scale}"
+        )
+    if not 0.0 < aug.ratio[0] <= aug.ratio[1]:
+        raise UserError(f"params pretrain.augment.ratio: expected 0 < min <= max, got {aug.ratio}")
+    for key in ("hflip", "vflip", "jitter_p", "blur_p"):
+        if not 0.0 <= getattr(aug, key) <= 1.0:
+            raise UserError(f"params pretrain.augment.{key}: expected a probability in [0, 1]")
+    if not 0.0 <= aug.hue <= 0.5:
+        raise UserError(
+            f"params pretrain.augment.hue: expected a number in [0, 0.5], got {aug.hue}"
+        )

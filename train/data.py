@@ -1,0 +1,348 @@
+"""Stream two-view samples out of `synth render` shards (schema v1) into ready batches.
+
+    shards = open_shards("shards/")                     # validates manifest.json
+    spec = StreamSpec(shards.urls, shards.canvas, len(shards.classes), Needs(2, True, False),
+                      batch_size=32, buffer=512, seed=0, rank=0, epoch=0, epoch_steps=100,
+                      start=0, streams=1)
+    for batch in make_loader(spec, workers=1): ...      # dicts of uint8 / int64 tensors
+
+Determinism (so that a resumed run repeats an uninterrupted one): each process reads
+`max(1, workers)` streams; batch b of a data epoch comes from stream b % streams, and a stream's
+shard draws and shuffle buffer are seeded by (seed, rank, epoch, stream) only. Batch b is always
+the next `batch_size` raw samples of its stream, so resuming skips consumed batches by counting
+raw samples, without decoding them. Shards are drawn with replacement (resampled), so every rank
+and worker gets an endless stream whatever the shard count, and every rank takes the same number
+of steps per epoch. Samples that fail to decode are dropped from their batch and counted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import random
+import signal
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from itertools import islice
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+import webdataset as wds
+from pycocotools import mask as mask_utils
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from segloc.errors import UserError
+
+log = logging.getLogger(__name__)
+
+SCHEMA = 1  # the shard schema version this reader understands
+
+
+@dataclass(frozen=True)
+class ShardSet:
+    root: Path
+    manifest: Path
+    sha256: str  # of manifest.json: names the exact data a backbone was trained on
+    urls: tuple[str, ...]
+    classes: tuple[str, ...]  # class k (1-based) is classes[k - 1]
+    canvas: int
+    num_samples: int
+
+
+@dataclass(frozen=True)
+class Needs:
+    """Which members a method decodes: moco reads one view, supervised reads label maps."""
+
+    views: int  # 1 (v0 only) or 2
+    masks: bool
+    seg: bool
+
+
+class BadSample(ValueError):
+    """A sample that cannot be used; its message is the reason counted in the metrics."""
+
+
+def open_shards(root: str | Path) -> ShardSet:
+    root = Path(root)
+    if not root.is_dir():
+        raise UserError(f"{root}: shards folder not found (write one with `synth render`)")
+    path = root / "manifest.json"
+    if not path.is_file():
+        raise UserError(f"{path}: manifest not found; is {root} the output of `synth render`?")
+    raw = path.read_bytes()
+    try:
+        manifest = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise UserError(f"{path}: not valid JSON ({err})") from err
+    if not isinstance(manifest, dict):
+        raise UserError(f"{path}: expected a JSON object")
+    if manifest.get("schema") != SCHEMA:
+        raise UserError(
+            f"{path}: shard schema {manifest.get('schema')!r}, but this pretrain reads schema "
+            f"{SCHEMA}; re-render the shards with a matching `synth`"
+        )
+    return _shard_set(root, path, raw, manifest)
+
+
+def _shard_set(root: Path, path: Path, raw: bytes, manifest: dict[str, Any]) -> ShardSet:
+    classes = manifest.get("classes")
+    if not isinstance(classes, list) or not classes or not all(isinstance(c, str) for c in classes):
+        raise UserError(f"{path}: 'classes' must be a non-empty list of names")
+    if len(classes) > 254:
+        raise UserError(f"{path}: {len(classes)} classes; uint8 label maps hold at most 254")
+    for key in ("canvas", "num_samples"):
+        if not isinstance(manifest.get(key), int) or manifest[key] <= 0:
+            raise UserError(f"{path}: '{key}' must be a positive integer")
+    shards = manifest.get("shards")
+    if not isinstance(shards, list) or not shards:
+        raise UserError(f"{path}: 'shards' must be a non-empty list")
+    urls = []
+    for i, shard in enumerate(shards):
+        name = shard.get("name") if isinstance(shard, dict) else None
+        if not isinstance(name, str) or "/" in name:
+            raise UserError(f"{path}: shards[{i}] needs a file 'name' inside {root}")
+        if not (root / name).is_file():
+            raise UserError(f"{root / name}: shard listed in {path} is missing")
+        urls.append(str(root / name))
+    return ShardSet(
+        root,
+        path,
+        hashlib.sha256(raw).hexdigest(),
+        tuple(urls),
+        tuple(classes),
+        manifest["canvas"],
+        manifest["num_samples"],
+    )
+
+
+# ---------------------------------------------------------------- decoding one sample
+
+
+def decode_sample(raw: dict[str, Any], needs: Needs, canvas: int, num_classes: int) -> dict:
+    """Arrays of one raw tar sample: views (3xSxS uint8 RGB), label maps, instance masks."""
+    meta = _read_meta(raw)
+    views = [f"v{i}" for i in range(needs.views)]
+    out: dict[str, Any] = {"img": [_decode_jpg(_member(raw, f"{v}.jpg"), canvas) for v in views]}
+    if needs.seg:
+        out["seg"] = [_decode_seg(_member(raw, f"{v}.seg.png"), canvas) for v in views]
+    if needs.masks:
+        cls0, ids0, masks0 = _instances(meta, 0, canvas, num_classes)
+        cls1, ids1, masks1 = _instances(meta, 1, canvas, num_classes)
+        if ids0 != ids1 or not np.array_equal(cls0, cls1):
+            raise BadSample("views list different instances")
+        out.update(cls=cls0, masks=[masks0, masks1])
+    return out
+
+
+def _member(raw: dict[str, Any], ext: str) -> bytes:
+    if ext not in raw:
+        raise BadSample(f"member .{ext} missing")
+    return raw[ext]
+
+
+def _read_meta(raw: dict[str, Any]) -> dict[str, Any]:
+    try:
+        meta = json.loads(_member(raw, "json"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise BadSample("json not valid") from err
+    if not isinstance(meta, dict) or meta.get("schema") != SCHEMA:
+        raise BadSample(f"json schema is not {SCHEMA}")
+    views = meta.get("views")
+    if not isinstance(views, list) or len(views) != 2:
+        raise BadSample("json needs two 'views'")
+    return meta
+
+
+def _decode_jpg(buf: bytes, canvas: int) -> np.ndarray:
+    bgr = cv2.imdecode(np.frombuffer(buf, np.uint8), cv2.IMREAD_COLOR)
+    if bgr is None or bgr.shape != (canvas, canvas, 3):
+        raise BadSample(f"view is not a {canvas}x{canvas} colour JPEG")
+    # HxWx3 BGR -> 3xHxW RGB, the layout torch wants.
+    return np.ascontiguousarray(bgr[:, :, ::-1].transpose(2, 0, 1))
+
+
+def _decode_seg(buf: bytes, canvas: int) -> np.ndarray:
+    # IMREAD_UNCHANGED: class ids must come back bit-exact, with no colour conversion.
+    seg = cv2.imdecode(np.frombuffer(buf, np.uint8), cv2.IMREAD_UNCHANGED)
+    if seg is None or seg.dtype != np.uint8 or seg.shape != (canvas, canvas):
+        raise BadSample(f"label map is not a {canvas}x{canvas} single-channel uint8 PNG")
+    return seg
+
+
+def _instances(
+    meta: dict[str, Any], view: int, canvas: int, num_classes: int
+) -> tuple[np.ndarray, list[int], np.ndarray]:
+    """Classes (M,) as 0..C-1, ids, and full masks (M x S x S uint8) of one view."""
+    insts = meta["views"][view].get("instances") if isinstance(meta["views"][view], dict) else None
+    if not isinstance(insts, list):
+        raise BadSample(f"view {view} has no 'instances' list")
+    try:
+        classes = np.array([int(inst["class"]) - 1 for inst in insts], dtype=np.int64)
+        ids = [int(inst["id"]) for inst in insts]
+        rles = [dict(inst["rle"]) for inst in insts]
+    except (KeyError, TypeError, ValueError) as err:
+        raise BadSample(f"view {view}: instance without class/id/rle") from err
+    if ((classes < 0) | (classes >= num_classes)).any():
+        raise BadSample(f"view {view}: instance class outside 1..{num_classes}")
+    if any(list(r.get("size", ())) != [canvas, canvas] for r in rles):
+        raise BadSample(f"view {view}: instance RLE size is not [{canvas}, {canvas}]")
+    if not rles:
+        return classes, ids, np.zeros((0, canvas, canvas), np.uint8)
+    # decode gives S x S x M (Fortran order); M x S x S is what the batch stacks.
+    masks = mask_utils.decode(rles)
+    return classes, ids, np.ascontiguousarray(masks.transpose(2, 0, 1))
+
+
+# ---------------------------------------------------------------- streams and batches
+
+
+@dataclass(frozen=True)
+class StreamSpec:
+    urls: tuple[str, ...]
+    canvas: int
+    num_classes: int
+    needs: Needs
+    batch_size: int
+    buffer: int
+    seed: int
+    rank: int
+    epoch: int
+    epoch_steps: int  # batches per process in one data epoch
+    start: int  # first batch index of the epoch this loader yields (> 0 when resuming)
+    streams: int  # max(1, workers): fixed per run so batches don't depend on the worker count
+
+
+class _ReadGuard:
+    """Count unreadable shard data (webdataset handler) and stop an endless loop of bad shards."""
+
+    def __init__(self, num_urls: int):
+        self.limit = 2 * num_urls + 8
+        self.reads_without_sample = 0
+        self.errors = 0
+
+    def handler(self, exn: Exception) -> bool:
+        self.errors += 1
+        log.warning("skipping unreadable shard data: %s", exn)
+        return True  # keep streaming
+
+    def shard_opened(self) -> None:
+        self.reads_without_sample += 1
+        if self.reads_without_sample > self.limit:
+            raise RuntimeError(
+                f"no readable sample in {self.limit} shard reads in a row: the shards look corrupt"
+            )
+
+
+def raw_samples(spec: StreamSpec, stream: int, guard: _ReadGuard) -> Iterator[dict[str, Any]]:
+    """Endless shuffled stream of undecoded samples; a pure function of (seed, rank, epoch, stream)."""
+    seq = np.random.SeedSequence([spec.seed, spec.rank, spec.epoch, stream])
+    shard_seq, shuffle_seq = seq.spawn(2)
+    pick = np.random.default_rng(shard_seq)
+
+    def shards() -> Iterator[dict[str, str]]:
+        while True:
+            guard.shard_opened()
+            yield {"url": spec.urls[int(pick.integers(len(spec.urls)))]}
+
+    def samples() -> Iterator[dict[str, Any]]:
+        for sample in wds.tarfile_samples(shards(), handler=guard.handler):
+            guard.reads_without_sample = 0
+            yield sample
+
+    # Shuffle encoded samples, before decode: the buffer holds bytes, not arrays.
+    rng = random.Random(int(shuffle_seq.generate_state(1, np.uint64)[0]))
+    return wds.shuffle(spec.buffer, initial=spec.buffer, rng=rng)(samples())
+
+
+def stream_batches(spec: StreamSpec, stream: int) -> Iterator[dict[str, Any]]:
+    """The batches of `stream` in this data epoch from index `spec.start` on."""
+    skip = len(range(stream, spec.start, spec.streams))
+    todo = len(range(stream, spec.epoch_steps, spec.streams)) - skip
+    guard = _ReadGuard(len(spec.urls))
+    raw = raw_samples(spec, stream, guard)
+    for _ in islice(raw, skip * spec.batch_size):  # resume: consumed batches, never decoded
+        pass
+    for _ in range(todo):
+        errors_before = guard.errors
+        batch = decode_batch(list(islice(raw, spec.batch_size)), spec)
+        if guard.errors > errors_before:
+            batch["skipped"]["unreadable shard data"] = guard.errors - errors_before
+        yield batch
+
+
+def decode_batch(raws: list[dict[str, Any]], spec: StreamSpec) -> dict[str, Any]:
+    samples, skipped = [], Counter()
+    for raw in raws:
+        try:
+            samples.append(decode_sample(raw, spec.needs, spec.canvas, spec.num_classes))
+        except (BadSample, cv2.error) as err:
+            reason = str(err) if isinstance(err, BadSample) else "image decode error"
+            log.warning(
+                "skipping sample %s of %s: %s", raw.get("__key__"), raw.get("__url__"), reason
+            )
+            skipped[reason] += 1
+    if not samples:
+        raise RuntimeError(f"every sample of a batch failed to decode ({dict(skipped)})")
+    batch = collate(samples, spec.needs)
+    batch["skipped"] = dict(skipped)
+    return batch
+
+
+def collate(samples: list[dict[str, Any]], needs: Needs) -> dict[str, Any]:
+    """Stack samples; instances of the whole batch are concatenated, image-major.
+
+    inst_img (M,) is the image each instance belongs to (non-decreasing) and inst_slot (M,) its
+    index within that image, so pooling can scatter instances into a B x max-count grid.
+    """
+    out: dict[str, Any] = {}
+    for v in range(needs.views):
+        out[f"img{v}"] = torch.from_numpy(np.stack([s["img"][v] for s in samples]))
+        if needs.seg:
+            out[f"seg{v}"] = torch.from_numpy(np.stack([s["seg"][v] for s in samples]))
+    if needs.masks:
+        counts = [len(s["cls"]) for s in samples]
+        out["inst_img"] = torch.repeat_interleave(torch.arange(len(samples)), torch.tensor(counts))
+        out["inst_slot"] = torch.cat([torch.arange(c) for c in counts])
+        out["inst_cls"] = torch.from_numpy(np.concatenate([s["cls"] for s in samples]))
+        for v in range(2):
+            out[f"masks{v}"] = torch.from_numpy(np.concatenate([s["masks"][v] for s in samples]))
+    return out
+
+
+class TwoViewStream(IterableDataset):
+    """One DataLoader worker reads one stream; in-process (workers=0) reads the only stream."""
+
+    def __init__(self, spec: StreamSpec):
+        super().__init__()
+        self.spec = spec
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        info = get_worker_info()
+        worker = info.id if info is not None else 0
+        # The DataLoader asks worker 0 first, so worker w serves batch start + w (mod streams).
+        yield from stream_batches(self.spec, (self.spec.start + worker) % self.spec.streams)
+
+
+def _worker_init(_: int) -> None:
+    # Ctrl-C reaches the whole process group; the main process answers it with a checkpoint and
+    # needs the batch in flight. SIGTERM stays default: multiprocessing stops workers with it.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    cv2.setNumThreads(1)
+
+
+def make_loader(spec: StreamSpec, workers: int, pin_memory: bool = False) -> DataLoader:
+    if max(1, workers) != spec.streams:
+        raise ValueError(f"{workers} workers cannot serve {spec.streams} streams")
+    return DataLoader(
+        TwoViewStream(spec),
+        batch_size=None,  # the stream yields whole batches
+        num_workers=workers,
+        worker_init_fn=_worker_init if workers else None,
+        pin_memory=pin_memory,
+        prefetch_factor=2 if workers else None,
+    )

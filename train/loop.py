@@ -1,0 +1,407 @@
+"""The pretraining run: build, (resume), loop over data epochs, checkpoint, export.
+
+    result = run(cfg, "segloc", "shards/", "out/segloc", resume=False)
+
+Outputs under out/: checkpoint.pt (resume), backbone.pt + backbone.json (eval), metrics.json and
+plots/train.tsv (DVC), config.json (the resolved config of a run made outside DVC).
+On CPU a resumed run ends with exactly the weights of an uninterrupted one: batch s and every
+random draw of step s depend only on (seed, rank, s), and the checkpoint holds all other state.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from segloc.atomic import write_json, write_text
+from segloc.errors import UserError
+from segloc.params import to_dict
+from train import dist
+from train.checkpoint import RunState, identity, load_checkpoint, save_checkpoint
+from train.config import Preset, PretrainConfig, resolve_preset, total_steps
+from train.data import Needs, ShardSet, StreamSpec, make_loader, open_shards
+from train.export import backbone_card, export
+from train.moco import ClassQueueMoCo, SupervisedSeg
+from train.model import Encoder, init_weights
+from train.schedule import scaled_lr
+from train.step import StepContext, train_step
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Session:
+    """One run's moving parts, passed to the loop's phases."""
+
+    cfg: PretrainConfig
+    method: str
+    shards: ShardSet
+    out: Path
+    ctx: StepContext
+    model: nn.Module  # the bare model: checkpoints, export, queue metrics
+    train_model: nn.Module  # the same, DDP-wrapped under torchrun
+    opt: torch.optim.Optimizer
+    state: RunState
+
+    @property
+    def identity(self) -> dict[str, Any]:
+        return identity(self.method, to_dict(self.cfg), self.shards.sha256, dist.world_size())
+
+
+@dataclass
+class RunResult:
+    model: nn.Module
+    state: RunState
+    finished: bool
+    metrics: dict[str, Any]
+
+
+class Interrupted(Exception):
+    """SIGINT/SIGTERM: the checkpoint is written; the run continues with --resume."""
+
+    def __init__(self, step: int, checkpoint: Path):
+        super().__init__(
+            f"interrupted at step {step}; checkpoint {checkpoint}; continue with --resume"
+        )
+        self.step, self.checkpoint = step, checkpoint
+
+
+def run(
+    cfg: PretrainConfig,
+    method: str,
+    shards_dir: str | Path,
+    out: str | Path,
+    resume: bool = False,
+    stop_at: int | None = None,
+) -> RunResult:
+    """Train `method` on the shards; `stop_at` ends early as an interruption would (tests)."""
+    s = setup(cfg, method, shards_dir, Path(out), resume)
+    finished = loop(s, min(s.ctx.total, stop_at) if stop_at is not None else s.ctx.total)
+    metrics = summary(s) if finished else {}
+    if finished and s.ctx.rank == 0:
+        finish(s, metrics)
+    return RunResult(s.model, s.state, finished, metrics)
+
+
+def setup(
+    cfg: PretrainConfig, method: str, shards_dir: str | Path, out: Path, resume: bool
+) -> Session:
+    preset = resolve_preset(cfg, method)
+    device, info = _device_and_ranks(cfg)
+    shards = open_shards(shards_dir)
+    total = total_steps(cfg, shards.num_samples, info.world_size)
+    model = build_model(cfg, preset, len(shards.classes), device)
+    opt = build_optimizer(model, cfg)
+    peak_lr = scaled_lr(cfg.lr, cfg.batch_size * info.world_size)
+    ctx = StepContext(cfg, preset, total, peak_lr, device, info.rank, shards.classes)
+    s = Session(cfg, method, shards, out, ctx, model, _wrap(model, device), opt, RunState())
+    if resume:
+        s.state = load_checkpoint(out / "checkpoint.pt", model, opt, s.identity)
+    if info.is_main:
+        write_json(
+            out / "config.json",
+            {
+                "method": method,
+                "pretrain": to_dict(cfg),
+                "shards": str(shards.root),
+                "total_steps": total,
+                "world_size": info.world_size,
+            },
+        )
+    return s
+
+
+def _device_and_ranks(cfg: PretrainConfig) -> tuple[torch.device, dist.DistInfo]:
+    device = resolve_device(cfg.device)
+    info = dist.init(device.type)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", info.local_rank)  # one GPU per local rank
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    return device, info
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(name)
+    except RuntimeError as err:
+        raise UserError(
+            f"params pretrain.device: {name!r} is not a device (auto, cpu, cuda)"
+        ) from err
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(
+            f"params pretrain.device: {name!r} asked for, but no CUDA device is visible"
+        )
+    return device
+
+
+def build_model(
+    cfg: PretrainConfig, preset: Preset, num_classes: int, device: torch.device
+) -> nn.Module:
+    """The same seed gives the same initial weights and queues on every rank and device."""
+    g = torch.Generator().manual_seed(cfg.seed)
+    if preset.pooling is None:
+        model = SupervisedSeg(cfg.arch, num_classes)
+        init_weights(model, g)
+    else:
+        encoder = Encoder(cfg.arch, preset.pooling, cfg.dim, cfg.fpn)
+        init_weights(encoder, g)
+        queues = num_classes if preset.queue == "per_class" else 1
+        model = ClassQueueMoCo(
+            encoder, queues, cfg.queue_size, cfg.temperature, True, cfg.shuffle_bn_groups, g
+        )
+    model.to(device)
+    if device.type == "cuda":
+        model.to(memory_format=torch.channels_last)
+    if cfg.compile:
+        trunk = model.encoder_q.trunk if preset.pooling is not None else model.trunk
+        trunk.compile()  # in place: state_dict keys keep their names
+    return model
+
+
+def build_optimizer(model: nn.Module, cfg: PretrainConfig) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    return torch.optim.SGD(
+        params,
+        lr=0.0,
+        momentum=cfg.sgd_momentum,
+        weight_decay=cfg.weight_decay,
+        nesterov=cfg.nesterov,
+    )
+
+
+def _wrap(model: nn.Module, device: torch.device) -> nn.Module:
+    if not dist.active():
+        return model
+    # Queues stay equal because every rank enqueues the all-gathered keys; syncing buffers each
+    # forward would ship the whole bank for nothing (the sync at init is harmless: all equal).
+    ids = [device.index] if device.type == "cuda" else None
+    return nn.parallel.DistributedDataParallel(model, device_ids=ids, forward_sync_buffers=False)
+
+
+def needs_of(preset: Preset) -> Needs:
+    if preset.pooling is None:
+        return Needs(views=2, masks=False, seg=True)
+    if preset.pooling == "image":
+        return Needs(views=1, masks=False, seg=False)
+    return Needs(views=2, masks=True, seg=False)
+
+
+def stream_spec(
+    cfg: PretrainConfig,
+    shards: ShardSet,
+    preset: Preset,
+    rank: int,
+    epoch: int,
+    start: int,
+    epoch_steps: int,
+) -> StreamSpec:
+    return StreamSpec(
+        shards.urls,
+        shards.canvas,
+        len(shards.classes),
+        needs_of(preset),
+        cfg.batch_size,
+        cfg.shuffle_buffer,
+        cfg.seed,
+        rank,
+        epoch,
+        epoch_steps,
+        start,
+        max(1, cfg.workers),
+    )
+
+
+# ---------------------------------------------------------------- the loop
+
+
+def loop(s: Session, stop: int) -> bool:
+    """Steps until `stop`, then a checkpoint; True when the whole schedule is done.
+
+    A data epoch is one pass over the manifest's samples (per process); every rank takes the
+    same number of steps in it, and a resumed run re-enters it at its offset.
+    """
+    world = dist.world_size()
+    epoch_steps = max(1, s.shards.num_samples // (s.cfg.batch_size * world))
+    bar = tqdm(
+        total=stop, initial=s.state.step, disable=s.ctx.rank != 0, unit="step", dynamic_ncols=True
+    )
+    interrupted = False
+    with _stop_signals() as stop_flag:
+        while s.state.step < stop and not interrupted:
+            epoch, offset = divmod(s.state.step, epoch_steps)
+            spec = stream_spec(
+                s.cfg, s.shards, s.ctx.preset, s.ctx.rank, epoch, offset, epoch_steps
+            )
+            loader = make_loader(spec, s.cfg.workers, pin_memory=s.ctx.device.type == "cuda")
+            for batch in loader:
+                one_step(s, batch)
+                bar.update(1)
+                bar.set_postfix(
+                    loss=f"{s.state.rows[-1]['loss']:.3f}",
+                    img_s=f"{2 * _rate(s.state, world):.1f}",
+                    refresh=False,
+                )
+                if s.state.step % s.cfg.checkpoint_every == 0 and s.state.step < stop:
+                    checkpoint(s)
+                interrupted = _agreed(stop_flag.is_set())
+                if s.state.step >= stop or interrupted:
+                    break
+            del loader  # shuts its workers down before the next epoch's start
+    bar.close()
+    checkpoint(s)
+    if interrupted and s.state.step < stop:
+        raise Interrupted(s.state.step, s.out / "checkpoint.pt")
+    return s.state.step >= s.ctx.total
+
+
+def one_step(s: Session, batch: dict[str, Any]) -> None:
+    s.state.skipped.update(batch.pop("skipped", {}))
+    t0 = time.perf_counter()
+    try:
+        scalars = train_step(s.train_model, s.opt, batch, s.state.step, s.ctx)
+    except FloatingPointError as err:
+        ckpt = s.out / "checkpoint.pt"
+        kept = f"the last good checkpoint is {ckpt}" if ckpt.exists() else "no checkpoint yet"
+        raise UserError(
+            f"pretrain stopped: {err}; {kept}. Lower pretrain.lr or set "
+            "pretrain.clip_grad, then --resume"
+        ) from err
+    s.state.train_seconds += time.perf_counter() - t0
+    s.state.samples += int(batch["img0"].shape[0])
+    s.state.step += 1
+    s.state.rows.append(metrics_row(s, scalars))
+
+
+def metrics_row(s: Session, scalars: dict[str, float]) -> dict[str, float]:
+    """One line of plots/train.tsv; queue fill per class shows when the bank is warm."""
+    row = {"step": s.state.step, "loss": scalars["loss"], "lr": scalars["lr"]}
+    if isinstance(s.model, SupervisedSeg):
+        return row | {"pixel_acc": scalars.get("pixel_acc", float("nan"))}
+    row |= {k: scalars.get(k, float("nan")) for k in ("momentum", "pos_sim", "neg_sim", "pairs")}
+    fill = s.model.queue_fill().tolist()
+    names = s.shards.classes if len(fill) == len(s.shards.classes) else ("all",)
+    return row | {f"fill_{_column(n)}": f for n, f in zip(names, fill, strict=True)}
+
+
+def checkpoint(s: Session) -> None:
+    if s.ctx.rank != 0:
+        return
+    save_checkpoint(s.out / "checkpoint.pt", s.model, s.opt, s.state, s.identity)
+    write_tsv(s.out / "plots" / "train.tsv", s.state.rows)
+
+
+def _column(name: str) -> str:
+    return "".join(c if c.isalnum() else "_" for c in name)
+
+
+def _rate(state: RunState, world: int) -> float:
+    return world * state.samples / state.train_seconds if state.train_seconds > 0 else 0.0
+
+
+def _agreed(flag: bool) -> bool:
+    """Every rank stops at the same step if any rank got the signal (else collectives hang)."""
+    if not dist.active():
+        return flag
+    return bool(dist.all_reduce_sum(torch.tensor([float(flag)])).item() > 0)
+
+
+@contextmanager
+def _stop_signals():
+    """SIGINT/SIGTERM set a flag that the loop checks between steps."""
+    flag = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield flag
+        return
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    for sig in previous:
+        signal.signal(sig, lambda *_: flag.set())
+    try:
+        yield flag
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+# ---------------------------------------------------------------- outputs
+
+
+def write_tsv(path: Path, rows: list[dict[str, float]]) -> None:
+    if not rows:
+        return
+    cols = list(rows[0])
+    lines = ["\t".join(cols)]
+    lines += ["\t".join(_fmt(r.get(c, float("nan"))) for c in cols) for r in rows]
+    write_text(path, "\n".join(lines) + "\n")
+
+
+def _fmt(v: float) -> str:
+    return str(v) if isinstance(v, int) else f"{v:.6g}"
+
+
+def summary(s: Session) -> dict[str, Any]:
+    """metrics.json; computed on every rank (the queue check is a collective)."""
+    world, rows = dist.world_size(), s.state.rows
+    tail = [r["loss"] for r in rows[-10:]]
+    metrics = {
+        "steps": s.state.step,
+        "final_loss": sum(tail) / len(tail) if tail else float("nan"),  # mean of the last 10
+        "samples_per_s": _rate(s.state, world),
+        "img_per_s": 2 * _rate(s.state, world),  # two views (or two crops) per sample
+        "skipped_samples": int(sum(s.state.skipped.values())),
+        "skipped_reasons": dict(s.state.skipped),
+        "world_size": world,
+    }
+    if isinstance(s.model, ClassQueueMoCo):
+        metrics["queue_fill_min"] = float(s.model.queue_fill().min())
+        metrics["pairs_per_step"] = sum(r["pairs"] for r in rows) / max(1, len(rows))
+        if world > 1:
+            metrics["queues_identical_across_ranks"] = queues_identical(s.model)
+    return metrics
+
+
+def queues_identical(model: ClassQueueMoCo) -> bool:
+    """Compare a float64 digest of the bank across ranks (exact: same keys, same writes)."""
+    q = model.queue.double()
+    weights = torch.arange(q.numel(), device=q.device, dtype=torch.float64).view_as(q) % 9973 + 1
+    digest = torch.stack([q.sum(), (q * weights).sum(), model.queue_ptr.double().sum()])
+    gathered = dist.all_gather_varlen(digest[None])
+    return bool((gathered == gathered[0]).all())
+
+
+def finish(s: Session, metrics: dict[str, Any]) -> None:
+    card = backbone_card(
+        s.cfg.arch,
+        s.method,
+        s.state.step,
+        to_dict(s.cfg),
+        s.shards.manifest,
+        s.shards.sha256,
+        s.shards.classes,
+        s.cfg.augment.crop,
+    )
+    export(s.out, s.model, card)
+    write_tsv(s.out / "plots" / "train.tsv", s.state.rows)
+    write_json(s.out / "metrics.json", metrics)
+    log.info(
+        "done: %d steps, %.1f samples/s, final loss %.4f, %d samples skipped; backbone %s",
+        s.state.step,
+        metrics["samples_per_s"],
+        metrics["final_loss"],
+        metrics["skipped_samples"],
+        s.out / "backbone.pt",
+    )

@@ -1,0 +1,204 @@
+"""MoCo-v2 with one negative queue per class (SegLoc), and the supervised baseline model.
+
+For a query of class c the negatives are every entry of the queues of the other classes, never a
+same-class key: plain MoCo's single queue is full of such false negatives (facebookresearch/moco
+issues #24 and #93). With one queue and own-class masking off this is exactly MoCo-v2's InfoNCE.
+
+Symbols follow the MoCo paper: encoder_q / encoder_k, queue (C x D x K), m (momentum), T.
+The momentum value comes from a schedule outside the model (moco-v3 style): forward(..., m).
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from train import dist
+from train.model import Encoder, Regions, ResNetTrunk, split_batchnorm
+
+
+def class_queue_logits(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    labels: torch.Tensor,
+    queue: torch.Tensor,
+    mask_own_class: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Similarities l_pos (N,) and l_neg (C x N x K), own-class block of l_neg set to -inf.
+
+    q, k: N x D L2-normalised; labels: (N,) in 0..C-1; queue: C x D x K (columns are keys).
+    One batched matmul over the whole bank; the C x N x K layout avoids copying the bank.
+    """
+    l_pos = (q * k).sum(1)
+    l_neg = torch.matmul(q.unsqueeze(0), queue)  # (1 x N x D) @ (C x D x K) -> C x N x K
+    if mask_own_class:
+        own = F.one_hot(labels, queue.shape[0]).T.bool()  # C x N
+        l_neg = l_neg.masked_fill(own[:, :, None], float("-inf"))
+    return l_pos, l_neg
+
+
+def class_queue_infonce(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    labels: torch.Tensor,
+    queue: torch.Tensor,
+    temperature: float,
+    mask_own_class: bool = True,
+) -> torch.Tensor:
+    """Mean InfoNCE over queries: -log softmax of the positive among [positive, other-class queue].
+
+    Equals cross-entropy with target 0 over logits [l_pos, l_neg.flatten()] / T, written as a
+    logsumexp over the C x N x K block so masked entries (-inf) simply drop out.
+    """
+    dtype = torch.promote_types(q.dtype, torch.float32)  # at least float32, even under bf16
+    with torch.autocast(q.device.type, enabled=False):
+        q, k, queue = q.to(dtype), k.to(dtype), queue.to(dtype)
+        l_pos, l_neg = class_queue_logits(q, k, labels, queue, mask_own_class)
+        pos = l_pos / temperature
+        neg = torch.logsumexp(l_neg / temperature, dim=(0, 2))  # (N,)
+        return (torch.logaddexp(pos, neg) - pos).mean()
+
+
+@torch.no_grad()
+def enqueue(
+    queue: torch.Tensor,
+    ptr: torch.Tensor,
+    count: torch.Tensor,
+    keys: torch.Tensor,
+    labels: torch.Tensor,
+) -> None:
+    """Write keys of class c into queue c at ptr[c] with wrap-around; counts vary per class.
+
+    queue: C x D x K, ptr / count: (C,) int64 (next write position / keys ever written),
+    keys: N x D, labels: (N,). Keys keep their order within a class; when a class brings more
+    than K keys only its last K are written (what a sequential write would leave).
+    """
+    c, _, size = queue.shape
+    onehot = F.one_hot(labels, c)  # N x C
+    per_class = onehot.sum(0)  # (C,)
+    rank = (onehot.cumsum(0) - 1).gather(1, labels[:, None]).squeeze(1)  # order within class
+    keep = rank >= per_class[labels] - size
+    pos = (ptr[labels] + rank) % size
+    queue[labels[keep], :, pos[keep]] = keys[keep].to(queue.dtype)
+    ptr.copy_((ptr + per_class) % size)
+    count.add_(per_class)
+
+
+@torch.no_grad()
+def momentum_update(key: nn.Module, query: nn.Module, m: float) -> None:
+    """theta_k <- m * theta_k + (1 - m) * theta_q (parameters only; BN statistics stay local)."""
+    pk = list(key.parameters())
+    pq = [p.detach() for p in query.parameters()]
+    torch._foreach_mul_(pk, m)
+    torch._foreach_add_(pk, pq, alpha=1.0 - m)
+
+
+class ClassQueueMoCo(nn.Module):
+    """Query/momentum encoders and the class queues; forward returns (loss, stats)."""
+
+    def __init__(
+        self,
+        encoder: Encoder,
+        num_queues: int,
+        queue_size: int,
+        temperature: float,
+        mask_own_class: bool,
+        shuffle_bn_groups: int,
+        g: torch.Generator,
+    ):
+        super().__init__()
+        self.T = temperature
+        self.mask_own_class = mask_own_class and num_queues > 1
+        self.encoder_q = encoder
+        self.encoder_k = split_batchnorm(copy.deepcopy(encoder), shuffle_bn_groups)
+        for p in self.encoder_k.parameters():
+            p.requires_grad = False
+        dim = encoder.head[-1].out_features
+        k = max(1, queue_size // num_queues)
+        # Random unit vectors until real keys arrive (MoCo); seeded, so every rank starts equal.
+        self.register_buffer(
+            "queue", F.normalize(torch.randn(num_queues, dim, k, generator=g), dim=1)
+        )
+        self.register_buffer("queue_ptr", torch.zeros(num_queues, dtype=torch.long))
+        self.register_buffer("queue_count", torch.zeros(num_queues, dtype=torch.long))
+
+    def forward(
+        self,
+        x_q: torch.Tensor,
+        x_k: torch.Tensor,
+        regions_q: Regions | None,
+        regions_k: Regions | None,
+        labels: torch.Tensor,
+        perm: torch.Tensor,
+        m: float,
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """x_q / x_k: B x 3 x P x P; labels: (N,) queue of each pair; perm: key-batch shuffle."""
+        q = self.encoder_q(x_q, regions_q)  # N x dim
+        with torch.no_grad():
+            momentum_update(self.encoder_k, self.encoder_q, m)
+            k = self._keys(x_k, regions_k, perm)  # N x dim
+        if q.shape[0] == 0:  # every pair vanished: a zero loss that still touches every parameter
+            zero = q.sum() * 0.0
+            return zero, {
+                "pos_sim": zero.detach(),
+                "neg_sim": zero.detach(),
+                "pairs": zero.detach(),
+            }
+        # A copy: autograd keeps the bank for backward, and enqueue below rewrites it in place.
+        loss = class_queue_infonce(q, k, labels, self.queue.clone(), self.T, self.mask_own_class)
+        stats = self._stats(q.detach(), k, labels)
+        enqueue(
+            self.queue,
+            self.queue_ptr,
+            self.queue_count,
+            dist.all_gather_varlen(k),
+            dist.all_gather_varlen(labels),
+        )
+        return loss, stats
+
+    def _keys(self, x: torch.Tensor, regions: Regions | None, perm: torch.Tensor) -> torch.Tensor:
+        maps = self.encoder_k.feature_maps(x[perm])
+        inverse = torch.argsort(perm)
+        return self.encoder_k.embed([f[inverse] for f in maps], regions)
+
+    def _stats(
+        self, q: torch.Tensor, k: torch.Tensor, labels: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        l_pos, l_neg = class_queue_logits(
+            q.float(), k.float(), labels, self.queue, self.mask_own_class
+        )
+        finite = torch.isfinite(l_neg)
+        neg = torch.where(finite, l_neg, 0.0).sum() / finite.sum().clamp(min=1)
+        return {
+            "pos_sim": l_pos.mean(),
+            "neg_sim": neg,
+            "pairs": torch.tensor(float(q.shape[0]), device=q.device),
+        }
+
+    def queue_fill(self) -> torch.Tensor:
+        """(C,) share of each queue holding real keys (the rest are the random init vectors)."""
+        return self.queue_count.clamp(max=self.queue.shape[2]).float() / self.queue.shape[2]
+
+
+class SupervisedSeg(nn.Module):
+    """Same trunk, a 1x1-conv classifier on C5 upsampled to the input; per-pixel CE (255 ignored)."""
+
+    def __init__(self, arch: str, num_classes: int):
+        super().__init__()
+        self.trunk = ResNetTrunk(arch)
+        self.classifier = nn.Conv2d(self.trunk.channels[-1], num_classes + 1, 1)
+
+    def forward(
+        self, x: torch.Tensor, seg: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        logits = self.classifier(self.trunk(x)[-1])
+        logits = F.interpolate(logits, size=seg.shape[-2:], mode="bilinear", align_corners=False)
+        loss = F.cross_entropy(logits.float(), seg, ignore_index=255)
+        with torch.no_grad():
+            scored = seg != 255
+            correct = (logits.argmax(1) == seg) & scored
+            acc = correct.sum().float() / scored.sum().clamp(min=1)
+        return loss, {"pixel_acc": acc}

@@ -1,0 +1,210 @@
+"""Backbone (torchvision ResNet, optional FPN), per-instance pooling and the projection head.
+
+Pooling turns feature maps into one vector per instance (DESIGN §2):
+- `mask`  (SegLoc): average of the feature map inside the instance mask, the mask area-resized to
+  the map so even an instance smaller than a cell keeps a (fractional) weight;
+- `box`   (InsLoc): RoIAlign 7x7 on the box, averaged;
+- `image` (MoCo): global average of C5.
+With an FPN, every instance is pooled on every level P2..P5 and the level its size calls for is
+kept (the Mask R-CNN rule torchvision's MultiScaleRoIAlign uses); pooling everywhere keeps every
+level in the autograd graph, which DDP needs.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch import nn
+from torchvision.ops import FeaturePyramidNetwork, roi_align
+
+# arch -> (constructor, channels of C2..C5)
+ARCHS = {
+    "resnet18": (torchvision.models.resnet18, (64, 128, 256, 512)),
+    "resnet34": (torchvision.models.resnet34, (64, 128, 256, 512)),
+    "resnet50": (torchvision.models.resnet50, (256, 512, 1024, 2048)),
+    "resnet101": (torchvision.models.resnet101, (256, 512, 1024, 2048)),
+}
+STRIDES = (4, 8, 16, 32)  # of C2..C5 / P2..P5
+FPN_CHANNELS = 256
+
+
+@dataclass
+class Regions:
+    """Where to pool the M instances of a batch of B images."""
+
+    inst_img: torch.Tensor  # (M,) image index of each instance
+    inst_slot: torch.Tensor  # (M,) index of the instance within its image
+    kmax: int  # 1 + largest slot: width of the B x kmax scatter grid
+    masks: torch.Tensor | None = None  # M x P x P soft masks (mask pooling)
+    boxes: torch.Tensor | None = None  # M x 4 boxes x0, y0, x1, y1 in input pixels (box pooling)
+
+
+class ResNetTrunk(nn.Module):
+    """torchvision ResNet minus `fc`, returning C2..C5; `body` is what gets exported."""
+
+    def __init__(self, arch: str):
+        super().__init__()
+        make, self.channels = ARCHS[arch]
+        self.body = make(weights=None)  # never download weights
+        self.body.fc = nn.Identity()  # no parameters: the state_dict is torchvision's minus fc
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        b = self.body
+        x = b.maxpool(b.relu(b.bn1(b.conv1(x))))
+        c2 = b.layer1(x)
+        c3 = b.layer2(c2)
+        c4 = b.layer3(c3)
+        return c2, c3, c4, b.layer4(c4)
+
+
+class Encoder(nn.Module):
+    """Trunk (+ FPN) + pooling + MLP head -> L2-normalised embeddings (M x dim)."""
+
+    def __init__(self, arch: str, pooling: str, dim: int, fpn: bool):
+        super().__init__()
+        self.pooling = pooling
+        self.trunk = ResNetTrunk(arch)
+        chans = self.trunk.channels
+        # Image pooling reads C5 only, so an FPN would get no gradient: leave it out.
+        self.fpn = (
+            FeaturePyramidNetwork(list(chans), FPN_CHANNELS) if fpn and pooling != "image" else None
+        )
+        width = FPN_CHANNELS if self.fpn is not None else chans[-1]
+        # MoCo-v2 head: hidden layer as wide as the input, no BN (instances, not images, are the batch).
+        self.head = nn.Sequential(
+            nn.Linear(width, width), nn.ReLU(inplace=True), nn.Linear(width, dim)
+        )
+
+    def feature_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """C5 alone, or P2..P5 with an FPN."""
+        feats = self.trunk(x)
+        if self.fpn is None:
+            return [feats[-1]]
+        out = self.fpn(OrderedDict((f"c{i + 2}", f) for i, f in enumerate(feats)))
+        return list(out.values())
+
+    def embed(self, maps: list[torch.Tensor], regions: Regions | None) -> torch.Tensor:
+        if self.pooling == "image":
+            pooled = maps[-1].mean((2, 3))  # B x C
+        else:
+            pooled = pool_instances(maps, regions, self.pooling)  # M x C
+        return F.normalize(self.head(pooled.float()), dim=1)
+
+    def forward(self, x: torch.Tensor, regions: Regions | None = None) -> torch.Tensor:
+        return self.embed(self.feature_maps(x), regions)
+
+
+def pool_instances(maps: list[torch.Tensor], regions: Regions, pooling: str) -> torch.Tensor:
+    """M x C instance vectors from C5 (one map) or P2..P5 (four maps, level chosen by size)."""
+    strides = STRIDES[-len(maps) :]
+    size = maps[0].shape[-1] * strides[0]  # input side in pixels
+    per_level = [
+        mask_pool(f, regions) if pooling == "mask" else box_pool(f, regions, s)
+        for f, s in zip(maps, strides, strict=True)
+    ]
+    if len(per_level) == 1:
+        return per_level[0]
+    level = fpn_level(_instance_scale(regions, pooling, size))
+    stacked = torch.stack(per_level)  # L x M x C
+    return stacked[level, torch.arange(level.shape[0], device=level.device)]
+
+
+def mask_pool(feat: torch.Tensor, regions: Regions) -> torch.Tensor:
+    """Mask-weighted average of feat (B x C x h x w) for each instance -> M x C."""
+    b, c, h, w = feat.shape
+    cover = F.adaptive_avg_pool2d(regions.masks[:, None].float(), (h, w)).flatten(1)  # M x hw
+    weights = cover / cover.sum(1, keepdim=True).clamp(min=1e-6)
+    # Scatter instances into a B x kmax grid so one bmm pools all of them against their own image.
+    grid = feat.new_zeros(b, regions.kmax, h * w)
+    grid[regions.inst_img, regions.inst_slot] = weights.to(feat.dtype)
+    pooled = torch.bmm(grid, feat.flatten(2).transpose(1, 2))  # B x kmax x C
+    return pooled[regions.inst_img, regions.inst_slot]
+
+
+def box_pool(feat: torch.Tensor, regions: Regions, stride: int) -> torch.Tensor:
+    """RoIAlign 7x7 on each instance's box, averaged -> M x C."""
+    rois = torch.cat([regions.inst_img[:, None].to(regions.boxes.dtype), regions.boxes], 1)
+    out = roi_align(
+        feat.float(),
+        rois.float(),
+        output_size=7,
+        spatial_scale=1.0 / stride,
+        sampling_ratio=2,
+        aligned=True,
+    )
+    return out.mean((2, 3)).to(feat.dtype)
+
+
+def _instance_scale(regions: Regions, pooling: str, size: int) -> torch.Tensor:
+    """(M,) sqrt of instance area in pixels of a 224-px-equivalent input."""
+    if pooling == "mask":
+        area = regions.masks.flatten(1).sum(1)
+    else:
+        wh = regions.boxes[:, 2:] - regions.boxes[:, :2]
+        area = wh[:, 0] * wh[:, 1]
+    return area.clamp(min=1.0).sqrt() * (224.0 / size)
+
+
+def fpn_level(scale: torch.Tensor) -> torch.Tensor:
+    """Index 0..3 of P2..P5: k = floor(4 + log2(scale / 224)) (FPN paper eq. 1), clamped to 2..5."""
+    k = torch.floor(4.0 + torch.log2(scale / 224.0) + 1e-6)
+    return (k.clamp(2, 5) - 2).long()
+
+
+class SplitBatchNorm2d(nn.BatchNorm2d):
+    """BatchNorm over `groups` sub-batches in training (shuffle-BN inside one process).
+
+    MoCo shuffles keys across GPUs so a query and its key never share BN statistics (a leak the
+    model can exploit); on one device we shuffle the key batch and normalise each slice apart.
+    Running statistics are not updated: this layer only ever serves the momentum encoder.
+    """
+
+    def __init__(self, num_features: int, groups: int, eps: float = 1e-5):
+        super().__init__(num_features, eps=eps)
+        self.groups = groups
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.groups <= 1 or x.shape[0] < 2 * self.groups:
+            return super().forward(x)
+        parts = x.tensor_split(self.groups)
+        return torch.cat(
+            [
+                F.batch_norm(p, None, None, self.weight, self.bias, True, 0.0, self.eps)
+                for p in parts
+            ]
+        )
+
+
+def split_batchnorm(module: nn.Module, groups: int) -> nn.Module:
+    """Replace every BatchNorm2d under `module` by a SplitBatchNorm2d with the same state."""
+    for name, child in module.named_children():
+        if isinstance(child, nn.BatchNorm2d) and not isinstance(child, SplitBatchNorm2d):
+            split = SplitBatchNorm2d(child.num_features, groups, child.eps)
+            split.load_state_dict(child.state_dict())
+            split.to(child.weight.device)
+            setattr(module, name, split)
+        else:
+            split_batchnorm(child, groups)
+    return module
+
+
+@torch.no_grad()
+def init_weights(module: nn.Module, g: torch.Generator) -> None:
+    """Seeded init (torchvision's scheme) from an explicit generator, never the global RNG."""
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu", generator=g)
+            if m.bias is not None:
+                m.bias.zero_()
+        elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)):
+            m.weight.fill_(1.0)
+            m.bias.zero_()
+        elif isinstance(m, nn.Linear):
+            nn.init.kaiming_uniform_(m.weight, a=math.sqrt(5), generator=g)  # nn.Linear's default
+            bound = 1.0 / math.sqrt(m.in_features)
+            nn.init.uniform_(m.bias, -bound, bound, generator=g)
