@@ -19,13 +19,12 @@ from typing import Any
 import cv2
 import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import Dataset, Sampler
 
 from segloc.coco import IGNORE, CocoSet, ImageInfo, class_map, load_coco
 from segloc.config import CocoSplit, load_data_config
 from segloc.errors import UserError
-from segloc.imageio import read_rgb
+from segloc.imageio import image_size, read_rgb
 from segloc.splits import labeled_subset
 
 PIDRAY_TESTS = ("easy", "hard", "hidden")
@@ -106,14 +105,7 @@ def check_images(coco: CocoSet, images: tuple[ImageInfo, ...] | None = None) -> 
     """Open every image's header (no decoding): a missing, unreadable or mis-sized file is
     reported before any training time is spent, not after."""
     for image in coco.images if images is None else images:
-        path = coco.image_path(image)
-        try:
-            with Image.open(path) as img:
-                size = img.size
-        except FileNotFoundError as err:
-            raise UserError(f"{path}: no such image file (listed in {coco.json_path})") from err
-        except (OSError, ValueError, Image.DecompressionBombError) as err:
-            raise UserError(f"{path}: cannot decode image ({err})") from err
+        size = image_size(coco.image_path(image))
         _check_size(coco, image, size)
 
 

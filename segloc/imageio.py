@@ -6,7 +6,9 @@ Real X-ray sets come as 8-bit pseudo-colour JPEGs (PIDray, SIXray), but detector
 
 from __future__ import annotations
 
+import contextlib
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -18,20 +20,25 @@ from segloc.errors import UserError
 DEFAULT_MAX_PIXELS = 64_000_000
 
 
-def read_rgb(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
-    """Decode `path` to an HxWx3 uint8 array; `UserError` naming the file when that fails."""
+@contextlib.contextmanager
+def open_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Iterator[Image.Image]:
+    """A lazily opened PIL image (header read, pixels not yet decoded), its size checked.
+
+    Anything that goes wrong, on opening or inside the block (decoding), becomes a `UserError`
+    naming the file.
+    """
     path = Path(path)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as img:
                 width, height = img.size
-                if width * height > max_pixels:
+                if width <= 0 or height <= 0 or width * height > max_pixels:
                     raise UserError(
-                        f"{path}: {width}x{height} image exceeds the {max_pixels} pixel limit"
+                        f"{path}: {width}x{height} image is empty or exceeds the "
+                        f"{max_pixels} pixel limit"
                     )
-                img.load()
-                return to_rgb(img)
+                yield img
     except UserError:
         raise
     except FileNotFoundError as err:
@@ -44,6 +51,19 @@ def read_rgb(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarr
         Image.DecompressionBombWarning,
     ) as err:
         raise UserError(f"{path}: cannot decode image ({err})") from err
+
+
+def image_size(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[int, int]:
+    """(width, height) from the header alone."""
+    with open_image(path, max_pixels) as img:
+        return img.size
+
+
+def read_rgb(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Decode `path` to an HxWx3 uint8 array; `UserError` naming the file when that fails."""
+    with open_image(path, max_pixels) as img:
+        img.load()
+        return to_rgb(img)
 
 
 def to_rgb(img: Image.Image) -> np.ndarray:

@@ -18,20 +18,18 @@ from __future__ import annotations
 import csv
 import dataclasses
 import re
-import warnings
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
-from PIL import Image
 from tqdm import tqdm
 
 from segloc.coco import CocoSet, ImageInfo, decode_mask, load_coco
 from segloc.config import BackgroundConfig, DataConfig
 from segloc.errors import UserError
-from segloc.imageio import DEFAULT_MAX_PIXELS, read_rgb
+from segloc.imageio import DEFAULT_MAX_PIXELS, open_image, read_rgb
 from segloc.splits import labeled_subset
 from synth.config import SynthConfig
 from synth.transforms import resize
@@ -250,25 +248,8 @@ def read_positive_stems(path: Path) -> set[str]:
 
 def probe_scan(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> ScanInfo:
     """Size and kind of a scan from its header alone; `UserError` naming the file if unusable."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
-                (width, height), fmt, mode = img.size, img.format, img.mode
-    except FileNotFoundError as err:
-        raise UserError(f"{path}: no such image file") from err
-    except (
-        OSError,
-        ValueError,
-        SyntaxError,
-        Image.DecompressionBombError,
-        Image.DecompressionBombWarning,
-    ) as err:
-        raise UserError(f"{path}: cannot decode image ({err})") from err
-    if width <= 0 or height <= 0 or width * height > max_pixels:
-        raise UserError(
-            f"{path}: {width}x{height} image is empty or exceeds the {max_pixels} pixel limit"
-        )
+    with open_image(path, max_pixels) as img:
+        (width, height), fmt, mode = img.size, img.format, img.mode
     return ScanInfo(width, height, fmt == "JPEG" and mode in ("RGB", "L"))
 
 

@@ -46,7 +46,7 @@ def test_bad_images_are_named(tmp_path):
     with pytest.raises(UserError, match="junk.jpg: cannot decode image"):
         read_rgb(tmp_path / "junk.jpg")
     Image.fromarray(np.zeros((100, 100), np.uint8)).save(tmp_path / "big.png")
-    with pytest.raises(UserError, match="exceeds the 5000 pixel limit"):
+    with pytest.raises(UserError, match="is empty or exceeds the 5000 pixel limit"):
         read_rgb(tmp_path / "big.png", max_pixels=5000)
     path = tmp_path / "trunc.png"
     Image.fromarray(np.zeros((64, 64, 3), np.uint8) + 7).save(path)
