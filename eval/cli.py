@@ -2,10 +2,12 @@
 
     evaluate --init random --data data/pidray --out runs/finetune/random
     evaluate --init runs/pretrain/segloc --out runs/finetune/segloc --set eval.steps=200
+    evaluate --task instance --init random --out runs/instance/random \
+        --set eval.instance.enabled=true
     evaluate report --runs 'runs/finetune/*' --pretrain 'runs/pretrain/*' --out reports
     torchrun --nproc_per_node 2 -m eval.cli --init random --out runs/finetune/random
 
-The stages themselves live in `eval.finetune` and `eval.report`.
+The stages themselves live in `eval.finetune`, `eval.instance` and `eval.report`.
 """
 
 from __future__ import annotations
@@ -18,6 +20,13 @@ from segloc.errors import UserError
 
 
 @click.group(invoke_without_command=True)
+@click.option(
+    "--task",
+    type=click.Choice(["semantic", "instance"]),
+    default="semantic",
+    show_default=True,
+    help="semantic: FCN/DeepLabV3, mIoU; instance: Mask R-CNN, COCO AP/AR (eval.instance)",
+)
 @click.option(
     "--init",
     "init",
@@ -44,22 +53,26 @@ from segloc.errors import UserError
 )
 @click.option("-v", "--verbose", is_flag=True, help="debug logging")
 @click.pass_context
-def main(ctx: click.Context, init, data, out, params, overrides, verbose) -> None:
+def main(ctx: click.Context, task, init, data, out, params, overrides, verbose) -> None:
     """Fine-tune a segmentation model from SPEC and score it on every test split."""
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(name)s %(levelname)s %(message)s",
     )
-    given = init or data or out or params or overrides
+    given = init or data or out or params or overrides or task != "semantic"
     if ctx.invoked_subcommand is not None:
         if given:
-            raise UserError("--init/--data/--out/--params/--set go without a subcommand")
+            raise UserError("--task/--init/--data/--out/--params/--set go without a subcommand")
         return
     if not init or not out:
         raise UserError("--init and --out are required (see evaluate --help)")
-    from eval import finetune  # torch import only when fine-tuning
+    # torch imports only when fine-tuning
+    if task == "instance":
+        from eval import instance as stage
+    else:
+        from eval import finetune as stage
 
-    finetune.main(init, out, data=data, params=params, overrides=overrides)
+    stage.main(init, out, data=data, params=params, overrides=overrides)
 
 
 @main.command()

@@ -2,13 +2,36 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from segloc.errors import UserError
 from segloc.params import from_dict
 
 Arch = Literal["resnet18", "resnet34", "resnet50", "resnet101", "resnet152"]
+
+
+@dataclass(frozen=True)
+class InstanceConfig:
+    """`evaluate --task instance`: Mask R-CNN transfer scored with COCO AP/AR. Seeds, repeats, arch,
+    momentum, weight decay, poly power, amp, workers and threads come from the `eval` section."""
+
+    enabled: bool = False  # off: `--task instance` writes a stub and trains nothing (CPU budget)
+    steps: int = 40
+    batch_size: int = 4  # per process
+    min_size: int = 128  # Mask R-CNN resizes the short side to this (capped by max_size)
+    max_size: int = 160
+    lr: float = 0.01
+    warmup_steps: int = 10  # linear lr warm-up: detection heads diverge at full lr from step 0
+    # Backbone BN. batch: trained (SyncBN under DDP on GPU), the protocol of MoCo's detection
+    # transfer and He et al. 2019, fair to random init, whose BN has no statistics to freeze;
+    # frozen: torchvision's detection default, the init's statistics kept as they are.
+    norm: Literal["frozen", "batch"] = "batch"
+    trainable_layers: int = 5  # ResNet stages fine-tuned, counted from layer4 (5: all of them)
+    anchor_sizes: tuple[int, ...] = (16, 32, 64, 128, 256)  # one per FPN level, P2..P6
+    proposals: int = 300  # RPN boxes kept after NMS per image (torchvision: 2000/1000)
+    rois_per_image: int = 64  # RoIs sampled per image for the box/mask losses (torchvision: 512)
+    detections_per_image: int = 100  # the AR@100 budget
 
 
 @dataclass(frozen=True)
@@ -32,6 +55,7 @@ class EvalConfig:
     threads: int = 0  # torch CPU threads per rank; 0: the cores this process may use / local ranks
     samples_per_split: int = 2  # test images per split whose predictions are kept for the report
     save_model: bool = False  # also write OUT/model.pt (the repeat-0 model's state_dict)
+    instance: InstanceConfig = field(default_factory=InstanceConfig)
 
 
 def load_eval_config(params: dict[str, Any]) -> EvalConfig:
@@ -46,7 +70,23 @@ def load_eval_config(params: dict[str, Any]) -> EvalConfig:
     if cfg.head == "deeplabv3" and cfg.batch_size < 2:
         # ASPP's image-pooling branch runs BatchNorm on 1x1 maps: undefined for one sample.
         raise UserError("params eval.batch_size: deeplabv3 needs at least 2 images per batch")
+    _check_instance(cfg.instance)
     return cfg
+
+
+def _check_instance(inst: InstanceConfig) -> None:
+    positive = ("steps", "batch_size", "min_size", "max_size", "lr", "proposals", "rois_per_image")
+    for name in (*positive, "detections_per_image"):
+        if getattr(inst, name) <= 0:
+            raise UserError(f"params eval.instance.{name}: expected a positive number")
+    if inst.warmup_steps < 0:
+        raise UserError("params eval.instance.warmup_steps: expected zero or more")
+    if inst.min_size > inst.max_size:
+        raise UserError("params eval.instance.min_size: expected at most eval.instance.max_size")
+    if not 0 <= inst.trainable_layers <= 5:
+        raise UserError("params eval.instance.trainable_layers: expected 0..5")
+    if len(inst.anchor_sizes) != 5 or min(inst.anchor_sizes) <= 0:
+        raise UserError("params eval.instance.anchor_sizes: expected 5 positive sizes (P2..P6)")
 
 
 def _check_positive(cfg: EvalConfig, *names: str, zero: bool = False) -> None:

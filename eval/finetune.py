@@ -104,10 +104,19 @@ def load_run_params(path: str | Path | None, overrides: Iterable[str]) -> dict[s
         params = load_params(path or DEFAULT_PARAMS)
     section = params.get("eval", {})
     if isinstance(section, dict):  # anything else is reported by load_eval_config
-        params["eval"] = {**to_dict(EvalConfig()), **section}
+        params["eval"] = _with_defaults(to_dict(EvalConfig()), section)
     for item in overrides:
         apply_override(params, item)
     return params
+
+
+def _with_defaults(defaults: dict[str, Any], given: dict[str, Any]) -> dict[str, Any]:
+    """`given` over `defaults`, sub-sections (eval.instance) merged key by key."""
+    merged = {**defaults, **given}
+    for key, value in defaults.items():
+        if isinstance(value, dict) and isinstance(given.get(key), dict):
+            merged[key] = _with_defaults(value, given[key])
+    return merged
 
 
 def fine_tune_once(

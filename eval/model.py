@@ -153,6 +153,13 @@ def _read_meta(path: Path) -> dict[str, Any]:
 
 def load_init(model: nn.Module, init: Init, arch: str) -> None:
     """Load `init`'s weights into `model.backbone` (nothing for random), strictly checked."""
+    load_resnet_body(model.backbone, init, arch)
+
+
+def load_resnet_body(body: nn.Module, init: Init, arch: str) -> None:
+    """Strictly load `init`'s ResNet weights (minus fc) into `body`, a ResNet trunk whose keys are
+    the ResNet's. A trunk with frozen BN (detection backbones) has no `num_batches_tracked`
+    buffers: those counters are dropped, every statistic and affine parameter is still checked."""
     if init.kind == "random":
         return
     if init.arch is not None and init.arch != arch:
@@ -162,10 +169,16 @@ def load_init(model: nn.Module, init: Init, arch: str) -> None:
         )
     _check_normalization(init)
     state = _read_state(init.path)
+    expected = body.state_dict()
     # ImageNet files carry the classifier; it has no place in a segmentation model.
-    state = {k: v for k, v in state.items() if not k.startswith("fc.")}
-    check_state(model.backbone.state_dict(), state, f"{init.path} (for {arch})")
-    model.backbone.load_state_dict(state, strict=True)
+    state = {
+        k: v
+        for k, v in state.items()
+        if not k.startswith("fc.")
+        and not (k.endswith(".num_batches_tracked") and k not in expected)
+    }
+    check_state(expected, state, f"{init.path} (for {arch})")
+    body.load_state_dict(state, strict=True)
 
 
 def _check_normalization(init: Init) -> None:

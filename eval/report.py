@@ -6,7 +6,8 @@ Reads each run's metrics.json, config.json and samples.npz (`eval.outputs`) and 
 run's backbone.json and plots/train.tsv (missing ones are skipped). Writes, each file atomically:
 
     results.md           mIoU tables (mean ± std over repeats, n), differences to random init with
-                         their standard error, per-class IoU, and the settings behind them
+                         their standard error, per-class IoU, and the settings behind them;
+                         with instance runs (`evaluate --task instance`) also COCO AP/AR tables
     miou.png             mIoU per init and split with ± std error bars
     per_class_iou.png    heatmap init x class (all test splits pooled)
     pretrain_loss.png    pretraining loss curves
@@ -22,6 +23,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from eval.coco_eval import REPORTED
 from eval.figures import plot_miou, plot_per_class, plot_pretrain_loss, plot_samples
 from eval.outputs import OVERALL
 from eval.runs import (
@@ -36,28 +38,38 @@ from eval.runs import (
     split_names,
 )
 from segloc.atomic import atomic_path, write_text
+from segloc.errors import UserError
 
 log = logging.getLogger(__name__)
 
 
 def main(runs: Iterable[str], pretrain: Iterable[str], out: str | Path) -> Path:
-    loaded = label_runs([load_run(p) for p in expand(runs, "--runs")])
+    every = [load_run(p) for p in expand(runs, "--runs")]
+    loaded = label_runs([r for r in every if r.task != "instance"])
+    instance = label_runs([r for r in every if r.task == "instance" and r.metrics["splits"]])
+    for r in every:
+        if r.task == "instance" and not r.metrics["splits"]:
+            log.info("%s: instance run with eval.instance.enabled false, left out", r.path)
+    if not loaded and not instance:
+        raise UserError("--runs: no run with scores (instance runs were all disabled)")
     pre = [load_pretrain(p) for p in expand(pretrain, "--pretrain", required=False)]
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    figures = {
-        "miou.png": plot_miou(loaded),
-        "per_class_iou.png": plot_per_class(loaded),
-        "pretrain_loss.png": plot_pretrain_loss(pre),
-        "qualitative.png": plot_samples(loaded),
-    }
+    figures = {"pretrain_loss.png": plot_pretrain_loss(pre)}
+    if loaded:
+        figures = {
+            "miou.png": plot_miou(loaded),
+            "per_class_iou.png": plot_per_class(loaded),
+            **figures,
+            "qualitative.png": plot_samples(loaded),
+        }
     for name, fig in figures.items():
         if fig is not None:
             with atomic_path(out / name) as tmp:
                 fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
-    md = render_markdown(loaded, pre, [n for n, f in figures.items() if f is not None])
+    md = render_markdown(loaded, pre, [n for n, f in figures.items() if f is not None], instance)
     write_text(out / "results.md", md)
-    log.info("wrote %s (%d runs, %d pretraining runs)", out / "results.md", len(loaded), len(pre))
+    log.info("wrote %s (%d runs, %d pretraining runs)", out / "results.md", len(every), len(pre))
     return out / "results.md"
 
 
@@ -127,8 +139,23 @@ def settings_diff(runs: list[Run]) -> list[str]:
     return sorted({k for r in runs[1:] for k, v in r.config["eval"].items() if first.get(k) != v})
 
 
-def render_markdown(runs: list[Run], pre: list[Pretrain], figures: list[str]) -> str:
-    parts = ["# Segmentation transfer results\n", _reading_guide(runs)]
+def render_markdown(
+    runs: list[Run], pre: list[Pretrain], figures: list[str], instance: list[Run] | None = None
+) -> str:
+    """Semantic `runs` (mIoU) and/or `instance` runs (COCO AP/AR), each part only if given."""
+    parts = ["# Segmentation transfer results\n"]
+    if runs:
+        parts += _semantic_parts(runs, figures)
+    else:
+        parts += [f"![{name}]({name})\n" for name in figures]
+    if instance:
+        parts += instance_parts(instance)
+    parts += [_finetune_settings(runs or instance or []), _pretrain_settings(pre)]
+    return "\n".join(parts)
+
+
+def _semantic_parts(runs: list[Run], figures: list[str]) -> list[str]:
+    parts = [_reading_guide(runs)]
     differ = settings_diff(runs)
     if differ:
         parts.append(
@@ -153,8 +180,44 @@ def render_markdown(runs: list[Run], pre: list[Pretrain], figures: list[str]) ->
         per_class_table(runs),
     ]
     parts += [f"![{name}]({name})\n" for name in figures]
-    parts += [_finetune_settings(runs), _pretrain_settings(pre)]
-    return "\n".join(parts)
+    return parts
+
+
+def instance_table(runs: list[Run], iou_type: str) -> str:
+    """Rows init x split, columns the COCO summary numbers (%, mean ± std over repeats)."""
+    rows = [
+        [r.label, split, str(r.metrics["repeats"])]
+        + [_pct(r.summary(split, f"{iou_type}_{stat}")) for stat in REPORTED]
+        for r in runs
+        for split in r.metrics["splits"]
+    ]
+    return _table(["init", "split", "n", *REPORTED], rows)
+
+
+def instance_parts(runs: list[Run]) -> list[str]:
+    parts = [
+        "## Instance segmentation (Mask R-CNN): COCO AP/AR (%)\n",
+        "Scored with pycocotools' COCOeval on each test split; AP averages IoU thresholds "
+        "0.50:0.95, AR@k allows k detections per image; `n/a` where a split has no instance of "
+        "that size. Mean ± sample std over repeats.\n",
+    ]
+    for iou_type, title in (("segm", "Masks (segm)"), ("bbox", "Boxes (bbox)")):
+        parts += [f"### {title}\n", instance_table(runs, iou_type)]
+    base = next((r for r in runs if r.kind == RANDOM), None)
+    others = [r for r in runs if r is not base]
+    if base is not None and others:
+        splits = list(base.metrics["splits"])
+        rows = [
+            [r.label, key] + [delta(r, base, s, key) for s in splits]
+            for r in others
+            for key in ("segm_AP", "bbox_AP")
+            if all(s in r.metrics["splits"] for s in splits)
+        ]
+        parts += [
+            "### Difference to random init (AP points ± standard error)\n",
+            _table(["init", "metric", *splits], rows),
+        ]
+    return parts
 
 
 def _reading_guide(runs: list[Run]) -> str:

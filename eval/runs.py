@@ -1,5 +1,5 @@
-"""Finished runs as the report reads them: fine-tuning outputs (`eval.outputs`) and pretraining
-runs (backbone.json, plots/train.tsv)."""
+"""Finished runs as the report reads them: fine-tuning outputs (`eval.outputs`, `eval.instance`)
+and pretraining runs (backbone.json, plots/train.tsv)."""
 
 from __future__ import annotations
 
@@ -34,6 +34,11 @@ class Run:
     def kind(self) -> str:
         return self.config["init"]["kind"]
 
+    @property
+    def task(self) -> str:
+        """Either semantic (mIoU, `eval.finetune`) or instance (COCO AP/AR, `eval.instance`)."""
+        return str(self.metrics.get("task", "semantic"))
+
     def summary(self, split: str, key: str = "mIoU") -> dict[str, Any]:
         return self.metrics["splits"][split][key]
 
@@ -64,7 +69,8 @@ def load_run(path: Path) -> Run:
     try:
         label = str(config["init"]["label"])
         splits = metrics["splits"]
-        _ = [splits[s]["mIoU"]["mean"] for s in splits]
+        key = "segm_AP" if metrics.get("task") == "instance" else "mIoU"
+        _ = [splits[s][key]["mean"] for s in splits]
     except (KeyError, TypeError) as err:
         raise UserError(
             f"{path}: metrics.json/config.json lack key {err} (not an evaluate run?)"

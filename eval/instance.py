@@ -1,0 +1,324 @@
+"""Instance segmentation transfer: Mask R-CNN (ResNet-FPN) from one init, scored with COCO AP/AR.
+
+    evaluate --task instance --init random --data data/pidray --out runs/instance/random \
+        --set eval.instance.enabled=true
+    evaluate --task instance --init runs/pretrain/segloc --out runs/instance/segloc   # params.yaml
+    torchrun --nproc_per_node 4 -m eval.cli --task instance --init random --out runs/instance/random
+
+The recipe mirrors the semantic one (`eval.finetune`, DESIGN §8): repeat r trains with seed
+eval.seed + r on the labeled subset of the train split for eval.instance.steps steps, then every
+test split is scored with pycocotools' COCOeval (bbox and segm: AP, AP50, AP75, APs/m/l, AR@1/10/100),
+the numbers the SegLoc, InsLoc and MoCo papers report. With eval.instance.enabled false (the
+default: one fine-tune costs minutes on a CPU) the command writes a stub run and trains nothing.
+
+OUT/metrics.json               task "instance"; per split each METRIC_KEYS entry as {mean, std, values}
+OUT/config.json                resolved eval config, data paths, init
+OUT/predictions_{split}.json   repeat 0's detections as COCO results (original image/category ids,
+                               masks as compressed RLE), re-scorable against the split's JSON
+OUT/plots/finetune_loss.json   records {step, loss, repeat}
+OUT/model.pt                   repeat 0's model state_dict (only with eval.save_model)
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+from torchvision.models.detection import MaskRCNN
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
+from torchvision.ops.misc import FrozenBatchNorm2d
+from tqdm import tqdm
+
+from eval import distributed
+from eval.coco_eval import (
+    METRIC_KEYS,
+    class_to_category,
+    coco_scores,
+    detections_to_results,
+    ground_truth,
+)
+from eval.config import EvalConfig, InstanceConfig, load_eval_config
+from eval.data import MEAN, STD, LabeledSets, RankDraws, load_sets, resolve_data
+from eval.distributed import DistEnv
+from eval.finetune import _autocast, _data_summary, load_run_params
+from eval.instance_data import InstanceDraws, collate, read_scan, to_tensor
+from eval.metrics import summarize
+from eval.model import Init, load_resnet_body, resolve_init
+from segloc.atomic import atomic_dir, write_json
+from segloc.coco import CocoSet
+from segloc.errors import UserError
+from segloc.params import to_dict
+
+log = logging.getLogger(__name__)
+
+TASK = "instance"
+ASPECT_RATIOS = (0.5, 1.0, 2.0)  # torchvision's default anchors per location
+
+
+@dataclass
+class InstanceResult:
+    seed: int
+    scores: dict[str, dict[str, float | None]]  # split -> METRIC_KEYS -> value
+    losses: list[float]
+    seconds: dict[str, float]  # "train", "test"
+    predictions: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # repeat 0 only
+    state: dict[str, torch.Tensor] | None = None  # repeat 0 with save_model only
+
+
+def main(
+    init: str,
+    out: str | Path,
+    data: str | Path | None = None,
+    params: str | Path | None = None,
+    overrides: Iterable[str] = (),
+) -> dict[str, Any] | None:
+    """Run the stage; returns the metrics document on rank 0 (None on other ranks)."""
+    env = distributed.setup()
+    try:
+        resolved = load_run_params(params, overrides)
+        cfg = load_eval_config(resolved)
+        init_spec = resolve_init(init)
+        if not cfg.instance.enabled:
+            return _write_disabled(out, cfg, init_spec) if env.main else None
+        sets = load_sets(resolve_data(resolved, data))
+        threads = distributed.set_threads(cfg.threads, env)
+        log.info(
+            "instance, init %s: %d labeled train images, test splits %s, %d process(es) x %d threads",
+            init_spec.label,
+            len(sets.labeled),
+            ", ".join(sets.test),
+            env.world,
+            threads,
+        )
+        truths = {name: ground_truth(coco) for name, coco in sets.test.items()}
+        results = [fine_tune_once(sets, truths, init_spec, cfg, r, env) for r in range(cfg.repeats)]
+        if not env.main:
+            return None
+        config = _config(cfg, init_spec) | {"world_size": env.world, "data": _data_summary(sets)}
+        metrics = write_run(out, results, config)
+        _log_summary(metrics)
+        return metrics
+    finally:
+        distributed.teardown()
+
+
+def _config(cfg: EvalConfig, init: Init) -> dict[str, Any]:
+    return {"task": TASK, "eval": to_dict(cfg), "init": init.describe()}
+
+
+def _write_disabled(out: str | Path, cfg: EvalConfig, init: Init) -> dict[str, Any]:
+    """A stub run, so a pipeline stage for instance transfer stays cheap until switched on."""
+    log.warning("eval.instance.enabled is false: nothing fine-tuned (set it true to run)")
+    metrics = {"task": TASK, "enabled": False, "init": init.label, "repeats": 0, "splits": {}}
+    with atomic_dir(out) as tmp:
+        write_json(tmp / "metrics.json", metrics)
+        write_json(tmp / "config.json", _config(cfg, init))
+    return metrics
+
+
+def build_maskrcnn(arch: str, num_classes: int, inst: InstanceConfig) -> MaskRCNN:
+    """Randomly initialised Mask R-CNN on a `arch` FPN backbone; `num_classes` excludes background.
+
+    Initialisation draws from torch's global RNG (torchvision takes no generator): callers scope
+    it with `torch.random.fork_rng` and a seed.
+    """
+    norm = FrozenBatchNorm2d if inst.norm == "frozen" else nn.BatchNorm2d
+    backbone = resnet_fpn_backbone(
+        backbone_name=arch,
+        weights=None,
+        norm_layer=norm,
+        trainable_layers=inst.trainable_layers,
+    )
+    anchors = AnchorGenerator(
+        tuple((s,) for s in inst.anchor_sizes), (ASPECT_RATIOS,) * len(inst.anchor_sizes)
+    )
+    return MaskRCNN(
+        backbone,
+        num_classes=num_classes + 1,
+        min_size=inst.min_size,
+        max_size=inst.max_size,
+        # Same ImageNet statistics as the semantic model and pretraining; inputs come in [0, 1].
+        image_mean=(MEAN / 255).tolist(),
+        image_std=(STD / 255).tolist(),
+        rpn_anchor_generator=anchors,
+        # Small scans hold a handful of items: a few hundred proposals cover them, and the box head
+        # (a 12544x1024 fc per RoI) dominates CPU time at torchvision's COCO-sized budgets.
+        rpn_pre_nms_top_n_train=2 * inst.proposals,
+        rpn_pre_nms_top_n_test=2 * inst.proposals,
+        rpn_post_nms_top_n_train=inst.proposals,
+        rpn_post_nms_top_n_test=inst.proposals,
+        box_batch_size_per_image=inst.rois_per_image,
+        box_detections_per_img=inst.detections_per_image,
+    )
+
+
+def instance_model(sets: LabeledSets, init: Init, cfg: EvalConfig, seed: int) -> MaskRCNN:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = build_maskrcnn(cfg.arch, len(sets.train.class_names), cfg.instance)
+    # The FPN's ResNet trunk has the ResNet's own keys (minus fc), so exports load as they are.
+    load_resnet_body(model.backbone.body, init, cfg.arch)
+    return model
+
+
+def fine_tune_once(
+    sets: LabeledSets,
+    truths: dict[str, dict[str, Any]],
+    init: Init,
+    cfg: EvalConfig,
+    repeat: int,
+    env: DistEnv,
+) -> InstanceResult:
+    seed = cfg.seed + repeat
+    model = instance_model(sets, init, cfg, seed)
+    if env.world > 1 and env.device.type == "cuda" and cfg.instance.norm == "batch":
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # statistics over the global batch
+    model.to(env.device)
+    start = time.perf_counter()
+    losses = train(model, sets, cfg, seed, env, desc=f"{init.label} seed {seed}")
+    trained = time.perf_counter()
+    predictions = {name: predict_split(model, coco, cfg, env) for name, coco in sets.test.items()}
+    scores = {name: coco_scores(truths[name], predictions[name]) for name in sets.test}
+    seconds = {"train": trained - start, "test": time.perf_counter() - trained}
+    log.info("seed %d: trained in %.1f s, scored in %.1f s", seed, *seconds.values())
+    result = InstanceResult(seed, scores, losses, seconds)
+    if repeat == 0 and env.main:
+        result.predictions = predictions
+        result.state = model.state_dict() if cfg.save_model else None
+    return result
+
+
+def lr_factor(step: int, warmup: int, steps: int, power: float) -> float:
+    """Linear warm-up to 1 over `warmup` steps, times the poly decay (1 - step / steps) ** power."""
+    ramp = min(1.0, (step + 1) / warmup) if warmup else 1.0
+    return ramp * max(0.0, 1 - step / steps) ** power
+
+
+def train(
+    model: MaskRCNN, sets: LabeledSets, cfg: EvalConfig, seed: int, env: DistEnv, desc: str
+) -> list[float]:
+    """SGD for eval.instance.steps steps on the summed Mask R-CNN losses; this rank's loss per step."""
+    inst = cfg.instance
+    loader = DataLoader(
+        InstanceDraws(sets, seed),
+        batch_size=inst.batch_size,
+        num_workers=cfg.workers,
+        sampler=RankDraws(inst.steps, inst.batch_size, env.rank, env.world),
+        collate_fn=collate,
+    )
+    net = DistributedDataParallel(model) if env.world > 1 else model
+    trained = [p for p in model.parameters() if p.requires_grad]  # trainable_layers froze the rest
+    opt = torch.optim.SGD(trained, lr=inst.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    schedule = functools.partial(
+        lr_factor, warmup=inst.warmup_steps, steps=inst.steps, power=cfg.poly_power
+    )
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
+    losses = []
+    model.train()
+    # RPN and RoI samplers draw from torch's global generator (they take none of their own):
+    # scope a seeded copy to this run, so runs repeat and the caller's state is untouched.
+    with torch.random.fork_rng(devices=[env.device] if env.device.type == "cuda" else []):
+        torch.manual_seed(seed * 1000 + env.rank)
+        for images, targets in tqdm(loader, desc=desc, disable=not env.main, leave=False):
+            images = [im.to(env.device) for im in images]
+            targets = [{k: v.to(env.device) for k, v in t.items()} for t in targets]
+            with _autocast(cfg, env):
+                loss_dict = net(images, targets)
+            loss = sum(v.float() for v in loss_dict.values())
+            _check_finite(loss, len(losses))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            losses.append(loss.item())
+    return losses
+
+
+def _check_finite(loss: torch.Tensor, step: int) -> None:
+    """A diverged run would score AP 0 and look like a result: stop it instead."""
+    if not torch.isfinite(loss):
+        raise UserError(
+            f"params eval.instance.lr: fine-tuning diverged at step {step} (loss {loss.item()}); "
+            "lower eval.instance.lr or raise eval.instance.warmup_steps"
+        )
+
+
+@torch.no_grad()
+def predict_split(
+    model: MaskRCNN, coco: CocoSet, cfg: EvalConfig, env: DistEnv
+) -> list[dict[str, Any]]:
+    """COCO results of one split; each rank predicts every world-th image, then all gather."""
+    model.eval()
+    cat_of = class_to_category(coco)
+    results: list[dict[str, Any]] = []
+    images = coco.images[env.rank :: env.world]
+    for image in tqdm(
+        images, desc=f"detect {coco.json_path.stem}", disable=not env.main, leave=False
+    ):
+        x = to_tensor(read_scan(coco, image)).to(env.device)
+        with _autocast(cfg, env):
+            output = model([x])[0]  # masks come back at the image's own size
+        results += detections_to_results(image.id, output, cat_of)
+    if env.world > 1:
+        parts: list[Any] = [None] * env.world
+        dist.all_gather_object(parts, results)
+        results = [r for part in parts for r in part]
+    return sorted(results, key=lambda r: (r["image_id"], -r["score"]))
+
+
+def metrics_doc(results: list[InstanceResult], init: dict[str, Any]) -> dict[str, Any]:
+    splits = {
+        split: {key: summarize([r.scores[split][key] for r in results]) for key in METRIC_KEYS}
+        for split in results[0].scores
+    }
+    return {
+        "task": TASK,
+        "enabled": True,
+        "init": init["label"],
+        "repeats": len(results),
+        "seeds": [r.seed for r in results],
+        "splits": splits,
+        "seconds_per_repeat": [r.seconds for r in results],
+    }
+
+
+def write_run(
+    out: str | Path, results: list[InstanceResult], config: dict[str, Any]
+) -> dict[str, Any]:
+    metrics = metrics_doc(results, config["init"])
+    with atomic_dir(out) as tmp:
+        write_json(tmp / "metrics.json", metrics)
+        write_json(tmp / "config.json", config)
+        for split, predictions in results[0].predictions.items():
+            write_json(tmp / f"predictions_{split}.json", predictions)
+        losses = [
+            {"step": i, "loss": loss, "repeat": k}
+            for k, r in enumerate(results)
+            for i, loss in enumerate(r.losses)
+        ]
+        write_json(tmp / "plots" / "finetune_loss.json", losses)
+        if results[0].state is not None:
+            torch.save(results[0].state, tmp / "model.pt")
+    return metrics
+
+
+def _log_summary(metrics: dict[str, Any]) -> None:
+    for split, entry in metrics["splits"].items():
+        parts = []
+        for key in ("bbox_AP", "segm_AP", "segm_AR100"):
+            m = entry[key]
+            std = f" ± {100 * m['std']:.1f}" if m["std"] is not None else ""
+            value = f"{100 * m['mean']:.1f}{std}" if m["mean"] is not None else "n/a"
+            parts.append(f"{key} {value}")
+        log.info("%s: %s over %d repeat(s)", split, ", ".join(parts), metrics["repeats"])
