@@ -155,9 +155,14 @@ def _rendered_views(out: Path, count: int) -> list[tuple[np.ndarray, np.ndarray]
 
 
 def time_workers(job: render.Job, workers: int, out: Path) -> float:
+    """Wall time of the render phase in a pool of `workers` fresh processes.
+
+    Both counts go through the same pool, so both start with cold background caches; timing one
+    worker in this process would reuse the caches the floor measurements warmed up.
+    """
     job = render.Job(job.cfg, job.data, job.fg, job.bg, out, job.fingerprint)
     start = time.perf_counter()
-    render.run(job, list(range(job.cfg.num_shards)), workers)
+    render._run_pool(job, list(range(job.cfg.num_shards)), workers, progress=lambda n: None)
     return time.perf_counter() - start
 
 
