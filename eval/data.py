@@ -182,7 +182,7 @@ class TrainDraws(Dataset):
 
     def __getitem__(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         epoch, pos = divmod(k, len(self.images))
-        image = self.images[_epoch_order(len(self.images), self.seed, epoch)[pos]]
+        image = self.images[epoch_order(len(self.images), self.seed, epoch)[pos]]
         rgb, mask = load_example(self.coco, image)
         rng = np.random.default_rng([self.seed, k])
         rgb, mask = scale_crop_flip(rgb, mask, rng, self.base, self.crop, self.scale_range)
@@ -190,7 +190,8 @@ class TrainDraws(Dataset):
 
 
 @functools.lru_cache(maxsize=4)
-def _epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
+def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
+    """Permutation of n images for one epoch: a function of (seed, epoch) only, never of ranks."""
     return np.random.default_rng([seed, 0xE9, epoch]).permutation(n)
 
 

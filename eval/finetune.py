@@ -86,7 +86,7 @@ def main(
             "eval": to_dict(cfg),
             "init": init_spec.describe(),
             "world_size": env.world,
-            "data": _data_summary(sets),
+            "data": data_summary(sets),
         }
         metrics = write_run(out, results, sets.label_names, config)
         _log_summary(metrics)
@@ -182,7 +182,7 @@ def train(
         torch.manual_seed(seed * 1000 + env.rank)
         for images, labels in tqdm(loader, desc=desc, disable=not env.main, leave=False):
             images, labels = images.to(env.device), labels.to(env.device)
-            with _autocast(cfg, env):
+            with autocast(cfg, env):
                 logits = net(images)["out"]  # NxCxHxW at the crop size
             loss = F.cross_entropy(logits.float(), labels, ignore_index=255)
             opt.zero_grad(set_to_none=True)
@@ -193,7 +193,8 @@ def train(
     return losses
 
 
-def _autocast(cfg: EvalConfig, env: DistEnv):
+def autocast(cfg: EvalConfig, env: DistEnv):
+    """bf16 autocast on CUDA when eval.amp is set; a no-op context on CPU."""
     enabled = cfg.amp and env.device.type == "cuda"
     return torch.autocast(env.device.type, dtype=torch.bfloat16, enabled=enabled)
 
@@ -204,7 +205,7 @@ def predict(model: nn.Module, rgb: np.ndarray, cfg: EvalConfig, env: DistEnv) ->
     so scores are taken on the original label pixels."""
     model.eval()
     x = normalize(resize_long(rgb, cfg.base_size))[None].to(env.device)
-    with _autocast(cfg, env):
+    with autocast(cfg, env):
         logits = model(x)["out"]
     logits = F.interpolate(logits.float(), size=rgb.shape[:2], mode="bilinear", align_corners=False)
     return logits[0].argmax(0)
@@ -245,7 +246,8 @@ def predict_samples(
     return arrays
 
 
-def _data_summary(sets: LabeledSets) -> dict[str, Any]:
+def data_summary(sets: LabeledSets) -> dict[str, Any]:
+    """What a run trained and scored on, for its config.json."""
     return {
         "train": str(sets.train.json_path),
         "labeled_images": len(sets.labeled),

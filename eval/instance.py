@@ -51,7 +51,7 @@ from eval.coco_eval import (
 from eval.config import EvalConfig, InstanceConfig, load_eval_config
 from eval.data import MEAN, STD, LabeledSets, RankDraws, load_sets, resolve_data
 from eval.distributed import DistEnv
-from eval.finetune import _autocast, _data_summary, load_run_params
+from eval.finetune import autocast, data_summary, load_run_params
 from eval.instance_data import InstanceDraws, collate, read_scan, to_tensor
 from eval.metrics import summarize
 from eval.model import Init, load_resnet_body, resolve_init
@@ -105,7 +105,7 @@ def main(
         results = [fine_tune_once(sets, truths, init_spec, cfg, r, env) for r in range(cfg.repeats)]
         if not env.main:
             return None
-        config = _config(cfg, init_spec) | {"world_size": env.world, "data": _data_summary(sets)}
+        config = _config(cfg, init_spec) | {"world_size": env.world, "data": data_summary(sets)}
         metrics = write_run(out, results, config)
         _log_summary(metrics)
         return metrics
@@ -233,7 +233,7 @@ def train(
         for images, targets in tqdm(loader, desc=desc, disable=not env.main, leave=False):
             images = [im.to(env.device) for im in images]
             targets = [{k: v.to(env.device) for k, v in t.items()} for t in targets]
-            with _autocast(cfg, env):
+            with autocast(cfg, env):
                 loss_dict = net(images, targets)
             loss = sum(v.float() for v in loss_dict.values())
             _check_finite(loss, len(losses))
@@ -267,7 +267,7 @@ def predict_split(
         images, desc=f"detect {coco.json_path.stem}", disable=not env.main, leave=False
     ):
         x = to_tensor(read_scan(coco, image)).to(env.device)
-        with _autocast(cfg, env):
+        with autocast(cfg, env):
             output = model([x])[0]  # masks come back at the image's own size
         results += detections_to_results(image.id, output, cat_of)
     if env.world > 1:

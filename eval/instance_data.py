@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from eval.data import LabeledSets, _epoch_order
+from eval.data import LabeledSets, epoch_order
 from segloc.coco import CocoSet, ImageInfo, decode_mask
 from segloc.errors import UserError
 from segloc.imageio import read_rgb
@@ -63,7 +63,7 @@ class InstanceDraws(Dataset):
 
     def __getitem__(self, k: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         epoch, pos = divmod(k, len(self.images))
-        image = self.images[_epoch_order(len(self.images), self.seed, epoch)[pos]]
+        image = self.images[epoch_order(len(self.images), self.seed, epoch)[pos]]
         rgb = read_scan(self.coco, image)
         masks, labels = instance_targets(self.coco, image)
         if np.random.default_rng([self.seed, k]).random() < 0.5:
