@@ -1,8 +1,4 @@
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -10,27 +6,12 @@ import torch
 from eval.data import load_sets, resolve_data
 from eval.distributed import DistEnv
 from tests.eval import ddp_worker
-
-REPO = Path(__file__).resolve().parents[2]
+from tests.launch import torchrun
 
 
 @pytest.mark.ddp
 def test_two_process_scores_equal_one_process(pidray, tmp_path):
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node",
-        "2",
-        "-m",
-        "tests.eval.ddp_worker",
-        str(pidray),
-        str(tmp_path / "ddp"),
-    ]
-    done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
+    torchrun(["-m", "tests.eval.ddp_worker", str(pidray), str(tmp_path / "ddp")], cwd=tmp_path)
     ddp = json.loads((tmp_path / "ddp" / "scores.json").read_text())
     assert ddp["world"] == 2
 

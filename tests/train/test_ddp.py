@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+
+from tests.launch import torchrun
 
 WORKER = Path(__file__).with_name("ddp_worker.py")
 
@@ -16,19 +16,7 @@ WORKER = Path(__file__).with_name("ddp_worker.py")
 @pytest.mark.ddp
 @pytest.mark.slow
 def test_two_ranks_keep_identical_queues(tiny_shards, tmp_path):
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node",
-        "2",
-        str(WORKER),
-        str(tiny_shards),
-        str(tmp_path),
-    ]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    torchrun([str(WORKER), str(tiny_shards), str(tmp_path)], cwd=tmp_path)
     a, b = (torch.load(tmp_path / f"queue_rank{r}.pt", weights_only=True) for r in (0, 1))
     assert torch.equal(a["queue"], b["queue"]) and torch.equal(a["ptr"], b["ptr"])
     # Every rank enqueued the keys of both ranks: pairs/step is the mean over the two ranks.
