@@ -105,7 +105,11 @@ def check_images(coco: CocoSet, images: tuple[ImageInfo, ...] | None = None) -> 
     """Open every image's header (no decoding): a missing, unreadable or mis-sized file is
     reported before any training time is spent, not after."""
     for image in coco.images if images is None else images:
-        size = image_size(coco.image_path(image))
+        try:
+            size = image_size(coco.image_path(image))
+        except UserError as err:
+            # Name the annotation file too: that is where the user fixes a wrong file_name.
+            raise UserError(f"{err.message} (listed in {coco.json_path})") from err
         _check_size(coco, image, size)
 
 
