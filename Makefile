@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: setup repro test test-all lint format bench clean
+.PHONY: setup repro paper test test-all lint format bench clean
 
 setup: $(STAMP)
 
@@ -21,6 +21,13 @@ $(STAMP): pyproject.toml
 
 repro: setup
 	dvc repro
+
+# Real PIDray / SIXray at paper scale (resnet50, 25 epochs; a GPU in practice), as a DVC experiment:
+#   make paper PIDRAY=/datasets/pidray SIXRAY=/datasets/sixray
+paper: setup
+	@test -n "$(PIDRAY)" -a -n "$(SIXRAY)" || \
+		{ echo "usage: make paper PIDRAY=/path/to/pidray SIXRAY=/path/to/sixray" >&2; exit 2; }
+	$(PY) -m segloc.paper --pidray "$(PIDRAY)" --sixray "$(SIXRAY)"
 
 # The suite CI runs: everything except GPU tests (skipped by themselves without CUDA).
 test: setup

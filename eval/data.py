@@ -32,6 +32,7 @@ PIDRAY_TESTS = ("easy", "hard", "hidden")
 # pretraining normalises the same way.
 MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32) * 255
 STD = np.array([0.229, 0.224, 0.225], dtype=np.float32) * 255
+CROP_TRIES = 10  # crops drawn at most per sample when eval.cat_max_ratio < 1
 PAD_VALUE = 255  # padding of too-small crops is "air" (full transmission) and ignored in the loss
 
 
@@ -153,16 +154,27 @@ def scale_crop_flip(
     base: int,
     crop: int,
     scale_range: tuple[float, float],
+    cat_max_ratio: float = 1.0,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Joint random scale (long side base*s), pad to crop (255 fill), crop, horizontal flip."""
+    """Joint random scale (long side base*s), pad to crop (255 fill), crop, horizontal flip.
+
+    With `cat_max_ratio` < 1 a crop in which one class covers more than that share of the labeled
+    pixels is re-drawn (up to CROP_TRIES times, the last draw is kept): with items on a few per
+    cent of the pixels, most plain crops would hold background only."""
     long_side = max(1, round(base * rng.uniform(*scale_range)))
     rgb, mask = resize_long(rgb, long_side), resize_long(mask, long_side, nearest=True)
     pad_h, pad_w = max(0, crop - rgb.shape[0]), max(0, crop - rgb.shape[1])
     if pad_h or pad_w:
         rgb = np.pad(rgb, ((0, pad_h), (0, pad_w), (0, 0)), constant_values=PAD_VALUE)
         mask = np.pad(mask, ((0, pad_h), (0, pad_w)), constant_values=IGNORE)
-    top = int(rng.integers(0, rgb.shape[0] - crop + 1))
-    left = int(rng.integers(0, rgb.shape[1] - crop + 1))
+    for _ in range(CROP_TRIES):
+        top = int(rng.integers(0, rgb.shape[0] - crop + 1))
+        left = int(rng.integers(0, rgb.shape[1] - crop + 1))
+        if (
+            cat_max_ratio >= 1.0
+            or _dominant_share(mask[top : top + crop, left : left + crop]) <= cat_max_ratio
+        ):
+            break
     rgb, mask = (
         rgb[top : top + crop, left : left + crop],
         mask[top : top + crop, left : left + crop],
@@ -172,14 +184,28 @@ def scale_crop_flip(
     return rgb, mask
 
 
+def _dominant_share(mask: np.ndarray) -> float:
+    """Share of the labeled (not ignored) pixels taken by the most frequent class."""
+    counts = np.bincount(mask.ravel(), minlength=256)[:IGNORE]
+    total = counts.sum()
+    return float(counts.max() / total) if total else 1.0
+
+
 class TrainDraws(Dataset):
     """Item k is training draw k (module docstring): a 3xcxc image tensor and cxc int64 labels."""
 
     def __init__(
-        self, sets: LabeledSets, seed: int, base: int, crop: int, scale_range: tuple[float, float]
+        self,
+        sets: LabeledSets,
+        seed: int,
+        base: int,
+        crop: int,
+        scale_range: tuple[float, float],
+        cat_max_ratio: float = 1.0,
     ):
         self.coco, self.images = sets.train, sets.labeled
         self.seed, self.base, self.crop, self.scale_range = seed, base, crop, scale_range
+        self.cat_max_ratio = cat_max_ratio
 
     def __len__(self) -> int:  # draws are unbounded; the sampler says which ones a rank takes
         return 2**62
@@ -189,7 +215,9 @@ class TrainDraws(Dataset):
         image = self.images[epoch_order(len(self.images), self.seed, epoch)[pos]]
         rgb, mask = load_example(self.coco, image)
         rng = np.random.default_rng([self.seed, k])
-        rgb, mask = scale_crop_flip(rgb, mask, rng, self.base, self.crop, self.scale_range)
+        rgb, mask = scale_crop_flip(
+            rgb, mask, rng, self.base, self.crop, self.scale_range, self.cat_max_ratio
+        )
         return normalize(rgb), torch.from_numpy(mask.astype(np.int64))
 
 

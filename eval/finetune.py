@@ -159,7 +159,7 @@ def train(
     desc: str = "fine-tune",
 ) -> list[float]:
     """SGD with poly lr for cfg.steps steps; returns this rank's loss per step."""
-    draws = TrainDraws(sets, seed, cfg.base_size, cfg.crop_size, cfg.scale_range)
+    draws = TrainDraws(sets, seed, cfg.base_size, cfg.crop_size, cfg.scale_range, cfg.cat_max_ratio)
     loader = DataLoader(
         draws,
         batch_size=cfg.batch_size,

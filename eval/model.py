@@ -132,7 +132,7 @@ def resolve_init(spec: str) -> Init:
             f"(a backbone.pt file or its run folder); {path} not found"
         )
     meta = _read_meta(path.with_suffix(".json"))
-    label = str(meta.get("method") or path.parent.name)
+    label = str(meta.get("label") or meta.get("method") or path.parent.name)
     return Init("backbone", label, path, meta.get("arch"), meta)
 
 

@@ -85,7 +85,7 @@ def load_pretrain(path: Path) -> Pretrain:
         raise UserError(f"--pretrain {path}: not a folder")
     meta_path = path / "backbone.json"
     meta = _read_json(meta_path) if meta_path.is_file() else {}
-    label = str(meta.get("method") or path.name)
+    label = str(meta.get("label") or meta.get("method") or path.name)
     return Pretrain(path, label, meta, _read_curve(path / "plots" / "train.tsv"))
 
 

@@ -77,7 +77,7 @@ class PretrainConfig:
     checkpoint_every: int = 50
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     compile: bool = False  # torch.compile the query backbone (GPU)
-    threads: int = 1  # torch intra-op threads, 0: torch's default (1 beat 2 on a busy 2-core box)
+    threads: int = 0  # torch intra-op threads; 0: torch's default (all cores)
     seed: int = 0
 
 
@@ -95,6 +95,14 @@ def resolve_preset(cfg: PretrainConfig, method: str) -> Preset:
     if preset.pooling is None:
         return preset
     return Preset(cfg.pooling or preset.pooling, cfg.queue or preset.queue)
+
+
+def run_label(method: str, preset: Preset) -> str:
+    """Name of a run in reports: the method, plus its switches where they differ from its preset
+    (an ablation such as segloc with one queue reads "segloc (mask, single queue)")."""
+    if preset == METHODS[method]:
+        return method
+    return f"{method} ({preset.pooling}, {preset.queue.replace('_', '-')} queue)"
 
 
 def total_steps(cfg: PretrainConfig, num_samples: int, world_size: int) -> int:

@@ -72,11 +72,13 @@ def backbone_card(
     manifest_sha: str,
     classes: tuple[str, ...],
     crop: int,
+    label: str | None = None,
 ) -> dict[str, Any]:
     return {
         "format": "torchvision resnet state_dict without fc",
         "arch": arch,
         "method": method,
+        "label": label or method,  # the row name in reports
         "steps": steps,
         "config": config,
         "shards": {"manifest": str(manifest), "sha256": manifest_sha},

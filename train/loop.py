@@ -28,7 +28,7 @@ from segloc.errors import UserError
 from segloc.params import to_dict
 from train import dist
 from train.checkpoint import RunState, identity, load_checkpoint, save_checkpoint
-from train.config import Preset, PretrainConfig, resolve_preset, total_steps
+from train.config import Preset, PretrainConfig, resolve_preset, run_label, total_steps
 from train.data import Needs, ShardSet, StreamSpec, make_loader, open_shards
 from train.export import backbone_card, export
 from train.moco import ClassQueueMoCo, SupervisedSeg
@@ -393,6 +393,7 @@ def finish(s: Session, metrics: dict[str, Any]) -> None:
         s.shards.sha256,
         s.shards.classes,
         s.cfg.augment.crop,
+        run_label(s.method, s.ctx.preset),
     )
     export(s.out, s.model, card)
     write_tsv(s.out / "plots" / "train.tsv", s.state.rows)

@@ -46,6 +46,24 @@ def test_joint_transform_keeps_labels_aligned_and_is_seeded():
         assert inner.any() and np.percentile(err[inner], 95) <= 2
 
 
+def test_cat_max_ratio_redraws_crops_that_are_one_class():
+    # A 128x128 scan of background with one 24x24 item: most 32-px crops hold background only.
+    mask = np.zeros((128, 128), np.uint8)
+    mask[96:120, 16:40] = 3
+    rgb = np.repeat(mask[:, :, None] * 60, 3, axis=2).astype(np.uint8)
+    kw = dict(base=128, crop=32, scale_range=(1.0, 1.0))
+    plain = [scale_crop_flip(rgb, mask, np.random.default_rng(s), **kw)[1] for s in range(40)]
+    picky = [
+        scale_crop_flip(rgb, mask, np.random.default_rng(s), **kw, cat_max_ratio=0.75)[1]
+        for s in range(40)
+    ]
+    with_item = [sum((lab == 3).any() for lab in labs) for labs in (plain, picky)]
+    assert with_item[0] <= 8 and with_item[1] >= 20
+    # The ratio only re-draws: with a ratio of 1 the draws are exactly the plain ones.
+    same = scale_crop_flip(rgb, mask, np.random.default_rng(7), **kw, cat_max_ratio=1.0)
+    np.testing.assert_array_equal(same[1], plain[7])
+
+
 def test_small_images_are_padded_with_ignore():
     mask = np.ones((10, 20), np.uint8)
     rgb = np.zeros((10, 20, 3), np.uint8)

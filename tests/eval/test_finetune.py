@@ -169,6 +169,10 @@ def test_bad_inputs_end_in_one_clear_message(pidray, tmp_path, tiny):
         _run(["--init", "random", *base, "--set", "eval.repeats=0"]),
         "params eval.repeats: expected a positive number",
     )
+    _one_line_error(
+        _run(["--init", "random", *base, "--set", "eval.cat_max_ratio=1.5"]),
+        "params eval.cat_max_ratio: expected 0 < ratio <= 1",
+    )
     _one_line_error(_run(["--init", "random", "--out", out]), "--data")
     _one_line_error(_run(["--init", "random"]), "--init and --out are required")
     _one_line_error(_run(["report", "--runs", str(tmp_path / "none*")]), "matches nothing")

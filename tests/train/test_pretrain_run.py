@@ -12,6 +12,7 @@ import torch
 
 import train.moco
 import train.step
+from eval.model import resolve_init
 from segloc.errors import UserError
 from train.config import AugmentConfig, PretrainConfig
 from train.export import load_backbone, torchvision_backbone
@@ -46,9 +47,17 @@ def test_each_method_trains_and_exports(method, tiny_shards, tmp_path):
         assert {"fill_Baton", "fill_Pliers", "fill_Hammer"} <= set(rows[0].split("\t"))
     card = json.loads((tmp_path / "backbone.json").read_text())
     assert card["method"] == method and card["arch"] == "resnet18" and card["steps"] == 2
+    assert card["label"] == method  # the preset's own switches: the label is the method
     assert len(card["shards"]["sha256"]) == 64
     assert (tmp_path / "config.json").is_file() and (tmp_path / "checkpoint.pt").is_file()
     load_backbone(tmp_path / "backbone.pt", "resnet18")  # strict load or UserError
+
+
+def test_an_ablation_is_labeled_by_its_switches(tiny_shards, tmp_path):
+    run(replace(TINY, steps=1, queue="single"), "segloc", tiny_shards, tmp_path)
+    card = json.loads((tmp_path / "backbone.json").read_text())
+    assert card["method"] == "segloc" and card["label"] == "segloc (mask, single queue)"
+    assert resolve_init(str(tmp_path)).label == "segloc (mask, single queue)"
 
 
 def test_backbone_keys_are_torchvision_minus_fc(tiny_shards, tmp_path):

@@ -1,0 +1,165 @@
+"""Switch the pipeline to real PIDray / SIXray at paper scale with one command.
+
+    python -m segloc.paper --pidray /datasets/pidray --sixray /datasets/sixray
+    make paper PIDRAY=/datasets/pidray SIXRAY=/datasets/sixray        # the same, through make
+
+Checks both folders' layouts, then runs `dvc exp run report` with the data paths and every key of
+configs/paper.yaml as `-S` overrides: an experiment beside the embedded default's results, which
+stay as they are (`dvc exp show` compares them; `dvc exp apply` makes it the workspace). Targeting
+`report` skips the `demo` stage, which only the embedded default needs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+import yaml
+
+from segloc.errors import UserError
+from segloc.params import load_params
+
+PIDRAY_TESTS = ("easy", "hard", "hidden")
+SIXRAY_LABELS = ("ImageSet/10/train.csv", "ImageSet/train.csv")  # first one present is used
+
+
+def data_overrides(pidray: Path, sixray: Path, sixray_labels: Path | None) -> list[str]:
+    """`data.*` overrides for PIDray / SIXray folders in their published layouts."""
+    pidray, sixray = pidray.resolve(), sixray.resolve()
+    ann = pidray / "annotations"
+    splits = {"train": ann / "xray_train.json"} | {
+        t: ann / f"xray_test_{t}.json" for t in PIDRAY_TESTS
+    }
+    for name, path in splits.items():
+        _require(path, "file", f"PIDray {name} annotations")
+        _require(pidray / name, "dir", f"PIDray {name} images")
+    _require(sixray / "JPEGImage", "dir", "SIXray scans")
+    if sixray_labels is None:
+        found = [sixray / p for p in SIXRAY_LABELS if (sixray / p).is_file()]
+        if not found:
+            raise UserError(
+                f"{sixray}: no label CSV at {' or '.join(SIXRAY_LABELS)}; give one with "
+                f"--sixray-labels (it marks the positives to exclude)"
+            )
+        sixray_labels = found[0]
+    _require(sixray_labels, "file", "SIXray label CSV")
+    items = {
+        "data.foreground.annotations": splits["train"],
+        "data.foreground.images": pidray / "train",
+        "data.background.images": sixray / "JPEGImage",
+        "data.background.labels": sixray_labels.resolve(),
+    }
+    for t in PIDRAY_TESTS:
+        items[f"data.test.{t}.annotations"] = splits[t]
+        items[f"data.test.{t}.images"] = pidray / t
+    return [f"{k}={v}" for k, v in items.items()]
+
+
+def _require(path: Path, kind: str, what: str) -> None:
+    ok = path.is_file() if kind == "file" else path.is_dir()
+    if not ok:
+        raise UserError(f"{path}: {what} not found ({'a file' if kind == 'file' else 'a folder'})")
+
+
+def config_overrides(config: Path, params: Path) -> list[str]:
+    """`key=value` for every leaf of `config`; each key must exist in `params` (typos fail here,
+    not hours into a run)."""
+    try:
+        tree = yaml.safe_load(config.read_text(encoding="utf-8"))
+    except FileNotFoundError as err:
+        raise UserError(f"{config}: not found") from err
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
+        raise UserError(f"{config}: cannot read YAML ({err})") from err
+    if not isinstance(tree, dict):
+        raise UserError(f"{config}: expected a mapping of params.yaml sections")
+    known = load_params(params)
+    return [f"{key}={_value(value)}" for key, value in _leaves(tree, known, config)]
+
+
+def _leaves(tree: dict[str, Any], known: Any, config: Path, prefix: str = ""):
+    for key, value in tree.items():
+        path = f"{prefix}{key}"
+        if not isinstance(known, dict) or key not in known:
+            raise UserError(f"{config}: key {path} is not in params.yaml")
+        if isinstance(value, dict) and isinstance(known[key], dict):
+            yield from _leaves(value, known[key], config, f"{path}.")
+        else:
+            yield path, value
+
+
+def _value(value: Any) -> str:
+    """YAML flow text, as `dvc exp run -S` parses it (null, true, [48.0, 160.0])."""
+    return "null" if value is None else json.dumps(value) if not isinstance(value, str) else value
+
+
+def command(overrides: list[str], target: str = "report") -> list[str]:
+    args = ["dvc", "exp", "run", target]
+    for item in overrides:
+        args += ["-S", item]
+    return args
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--pidray",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="PIDray root: annotations/xray_{train,test_easy,test_hard,test_hidden}.json and the "
+    "train/easy/hard/hidden image folders.",
+)
+@click.option(
+    "--sixray",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="SIXray root with JPEGImage/.",
+)
+@click.option(
+    "--sixray-labels",
+    type=click.Path(path_type=Path),
+    default=None,
+    help=f"label CSV marking positives; default: the first of {', '.join(SIXRAY_LABELS)}.",
+)
+@click.option(
+    "--config",
+    type=click.Path(path_type=Path),
+    default=Path("configs/paper.yaml"),
+    show_default=True,
+    help="overrides of params.yaml for paper scale.",
+)
+@click.option(
+    "--params", type=click.Path(path_type=Path), default=Path("params.yaml"), show_default=True
+)
+@click.option("--dry-run", is_flag=True, help="print the dvc command instead of running it.")
+def main(
+    pidray: Path,
+    sixray: Path,
+    sixray_labels: Path | None,
+    config: Path,
+    params: Path,
+    dry_run: bool,
+) -> None:
+    """Run the pipeline on real PIDray / SIXray at paper scale (resnet50, 25 epochs) as a DVC
+    experiment. Needs a GPU in practice: see the README for the expected wall time."""
+    overrides = data_overrides(pidray, sixray, sixray_labels) + config_overrides(config, params)
+    args = command(overrides)
+    if dry_run:
+        click.echo(" ".join(_quote(a) for a in args))
+        return
+    dvc = shutil.which("dvc")
+    if dvc is None:
+        raise UserError("dvc: not on PATH (run `make setup`, then use .venv/bin or `make paper`)")
+    sys.exit(subprocess.call([dvc, *args[1:]], env=os.environ.copy()))
+
+
+def _quote(arg: str) -> str:
+    return f"'{arg}'" if any(c in arg for c in " []\"'") else arg
+
+
+if __name__ == "__main__":
+    main()
