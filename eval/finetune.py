@@ -31,6 +31,7 @@ from tqdm import tqdm
 from eval import distributed
 from eval.config import EvalConfig, load_eval_config
 from eval.data import (
+    PAD_VALUE,
     LabeledSets,
     RankDraws,
     TrainDraws,
@@ -201,25 +202,51 @@ def autocast(cfg: EvalConfig, env: DistEnv):
 
 @torch.no_grad()
 def predict(model: nn.Module, rgb: np.ndarray, cfg: EvalConfig, env: DistEnv) -> torch.Tensor:
-    """HxW class map for an HxWx3 scan: inferred at long side base_size, logits upsampled back
-    so scores are taken on the original label pixels."""
+    """HxW class map of one HxWx3 scan (see `predict_batch`)."""
+    return predict_batch(model, [rgb], cfg, env)[0]
+
+
+@torch.no_grad()
+def predict_batch(
+    model: nn.Module, rgbs: list[np.ndarray], cfg: EvalConfig, env: DistEnv
+) -> list[torch.Tensor]:
+    """HxW class maps of HxWx3 scans. Each is inferred at long side base_size, padded with air to
+    a base_size square (so its prediction does not depend on the other scans of the batch), and
+    its logits are cropped and upsampled back, so scores are taken on the original label pixels."""
     model.eval()
-    x = normalize(resize_long(rgb, cfg.base_size))[None].to(env.device)
+    inputs, sizes = zip(*(_square_input(rgb, cfg.base_size) for rgb in rgbs), strict=True)
     with autocast(cfg, env):
-        logits = model(x)["out"]
-    logits = F.interpolate(logits.float(), size=rgb.shape[:2], mode="bilinear", align_corners=False)
-    return logits[0].argmax(0)
+        logits = model(torch.stack(inputs).to(env.device))["out"]
+    out = []
+    for i, (rgb, (h, w)) in enumerate(zip(rgbs, sizes, strict=True)):
+        one = logits[i : i + 1, :, :h, :w].float()
+        one = F.interpolate(one, size=rgb.shape[:2], mode="bilinear", align_corners=False)
+        out.append(one[0].argmax(0))
+    return out
+
+
+def _square_input(rgb: np.ndarray, base: int) -> tuple[torch.Tensor, tuple[int, int]]:
+    small = resize_long(rgb, base)
+    h, w = small.shape[:2]
+    square = np.full((base, base, 3), PAD_VALUE, dtype=np.uint8)
+    square[:h, :w] = small
+    return normalize(square), (h, w)
 
 
 def score_split(model: nn.Module, coco: CocoSet, cfg: EvalConfig, env: DistEnv) -> np.ndarray:
-    """Pixel confusion matrix of one split; each rank scores every world-th image, then all-reduce."""
+    """Pixel confusion matrix of one split; each rank scores every world-th image in batches of
+    eval.batch_size, then all-reduce."""
     cm = ConfusionMatrix(len(coco.class_names) + 1, env.device)
     images = coco.images[env.rank :: env.world]
-    for image in tqdm(
-        images, desc=f"score {coco.json_path.stem}", disable=not env.main, leave=False
-    ):
-        rgb, truth = load_example(coco, image)
-        cm.update(torch.from_numpy(truth).to(env.device), predict(model, rgb, cfg, env))
+    with tqdm(
+        total=len(images), desc=f"score {coco.json_path.stem}", disable=not env.main, leave=False
+    ) as bar:
+        for first in range(0, len(images), cfg.batch_size):
+            examples = [load_example(coco, im) for im in images[first : first + cfg.batch_size]]
+            preds = predict_batch(model, [rgb for rgb, _ in examples], cfg, env)
+            for (_, truth), pred in zip(examples, preds, strict=True):
+                cm.update(torch.from_numpy(truth).to(env.device), pred)
+            bar.update(len(examples))
     cm.reduce_from_all_processes()
     return cm.numpy()
 

@@ -189,3 +189,27 @@ def test_params_file_and_overrides(pidray, tmp_path, tiny):
     params = finetune.load_run_params(None, ["eval.head=deeplabv3"])
     assert params["eval"]["steps"] == 2 and params["eval"]["head"] == "deeplabv3"
     assert params["eval"]["crop_size"] == 96  # defaults fill the rest
+
+
+def test_batched_prediction_equals_one_scan_at_a_time():
+    """Scans are padded to a base_size square each, so a batch changes no prediction."""
+    from eval.config import EvalConfig
+    from eval.distributed import DistEnv
+    from eval.model import build_model
+
+    model = build_model("resnet18", "fcn", 4, 16, torch.Generator().manual_seed(0))
+    with torch.no_grad():  # a trained-looking head, so the argmax is not constant
+        model.classifier[-1].weight.normal_(0, 1, generator=torch.Generator().manual_seed(1))
+    cfg = EvalConfig(base_size=64, amp=False)
+    env = DistEnv(rank=0, world=1, local_world=1, device=torch.device("cpu"))
+    rng = np.random.default_rng(0)
+    scans = [
+        rng.integers(0, 256, size=s + (3,), dtype=np.uint8) for s in [(90, 40), (50, 70), (64, 64)]
+    ]
+    batched = finetune.predict_batch(model, scans, cfg, env)
+    for scan, pred in zip(scans, batched, strict=True):
+        assert pred.shape == scan.shape[:2]
+        alone = finetune.predict(model, scan, cfg, env)
+        # Equal up to float rounding of differently batched convolutions (argmax ties only).
+        assert (pred == alone).float().mean() > 0.999
+    assert len(torch.unique(torch.cat([p.flatten() for p in batched]))) > 1
