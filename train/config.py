@@ -63,7 +63,7 @@ class PretrainConfig:
     momentum: float = 0.98  # key-encoder momentum at step 0, cosine-raised to 1
     shuffle_bn_groups: int = 2  # key encoder: BN over shuffled sub-batches (one-process shuffle-BN)
     batch_size: int = 16  # per process
-    steps: int | None = 60  # ~1 min per method at 1.2 steps/s (2-core CPU, 2 threads, resnet18, 112 px)
+    steps: int | None = 60  # ~1 min per method at 1.2 steps/s (2-core CPU, 2 threads, 112 px)
     epochs: float | None = None  # passes over manifest num_samples; set steps to null to use it
     lr: float = 0.5  # per 256 samples (scaled by global batch / 256); high for short runs
     warmup: float = 0.05  # share of the steps with linear lr warm-up
