@@ -45,6 +45,7 @@ bench: setup
 	$(PY) bench/demo_data.py
 	$(PY) bench/render.py
 	$(PY) bench/train_step.py
+	$(PY) bench/finetune.py
 
 clean:
 	rm -rf .pytest_cache .ruff_cache gpu_out

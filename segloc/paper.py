@@ -12,7 +12,6 @@ stay as they are (`dvc exp show` compares them; `dvc exp apply` makes it the wor
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -20,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import click
-import yaml
 
 from segloc.errors import UserError
 from segloc.params import load_params
@@ -70,14 +68,7 @@ def _require(path: Path, kind: str, what: str) -> None:
 def config_overrides(config: Path, params: Path) -> list[str]:
     """`key=value` for every leaf of `config`; each key must exist in `params` (typos fail here,
     not hours into a run)."""
-    try:
-        tree = yaml.safe_load(config.read_text(encoding="utf-8"))
-    except FileNotFoundError as err:
-        raise UserError(f"{config}: not found") from err
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
-        raise UserError(f"{config}: cannot read YAML ({err})") from err
-    if not isinstance(tree, dict):
-        raise UserError(f"{config}: expected a mapping of params.yaml sections")
+    tree = load_params(config)
     known = load_params(params)
     return [f"{key}={_value(value)}" for key, value in _leaves(tree, known, config)]
 
@@ -95,7 +86,7 @@ def _leaves(tree: dict[str, Any], known: Any, config: Path, prefix: str = ""):
 
 def _value(value: Any) -> str:
     """YAML flow text, as `dvc exp run -S` parses it (null, true, [48.0, 160.0])."""
-    return "null" if value is None else json.dumps(value) if not isinstance(value, str) else value
+    return value if isinstance(value, str) else json.dumps(value)  # JSON is YAML: None -> null
 
 
 def command(overrides: list[str], target: str = "report") -> list[str]:
@@ -154,7 +145,7 @@ def main(
     dvc = shutil.which("dvc")
     if dvc is None:
         raise UserError("dvc: not on PATH (run `make setup`, then use .venv/bin or `make paper`)")
-    sys.exit(subprocess.call([dvc, *args[1:]], env=os.environ.copy()))
+    sys.exit(subprocess.call([dvc, *args[1:]]))
 
 
 def _quote(arg: str) -> str:

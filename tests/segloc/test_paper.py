@@ -79,6 +79,10 @@ def test_missing_folders_and_bad_config_are_named(tmp_path):
     bad.write_text(json.dumps({"pretrain": {"stepz": 3}}))
     with pytest.raises(UserError, match="bad.yaml: key pretrain.stepz is not in params.yaml"):
         paper.config_overrides(bad, ROOT / "params.yaml")
+    with pytest.raises(UserError, match="missing.yaml: cannot read params file"):
+        paper.config_overrides(tmp_path / "missing.yaml", ROOT / "params.yaml")
     bad.write_text("pretrain: [1")
-    with pytest.raises(UserError, match="bad.yaml: cannot read YAML"):
+    with pytest.raises(UserError, match="bad.yaml: not valid YAML"):
         paper.config_overrides(bad, ROOT / "params.yaml")
+    with pytest.raises(UserError, match="missing.yaml: cannot read params file"):
+        paper.config_overrides(tmp_path / "missing.yaml", ROOT / "params.yaml")
