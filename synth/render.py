@@ -20,11 +20,15 @@ import dataclasses
 import logging
 import multiprocessing as mp
 import os
+import pickle
 import queue
 import re
+import tempfile
 from collections import Counter
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from multiprocessing.pool import Pool
 from pathlib import Path
 
 import click
@@ -261,8 +265,10 @@ def _cpus() -> int:
 _WORKER: dict = {}
 
 
-def _init_worker(job: Job, progress: mp.Queue) -> None:
+def _init_worker(job_file: str, progress: mp.Queue) -> None:
     cv2.setNumThreads(1)  # parallelism comes from processes; threads would oversubscribe
+    with open(job_file, "rb") as f:
+        job = pickle.load(f)
     _WORKER.update(job=job, composer=Composer(job.cfg, job.fg, job.bg), progress=progress)
 
 
@@ -271,17 +277,38 @@ def _render_task(shard: int) -> None:
 
 
 def _run_pool(job: Job, todo: list[int], workers: int, progress: Callable[[int], object]) -> None:
+    with worker_pool(job, workers) as (pool, counts):
+        _collect(pool, todo, progress, counts)
+
+
+@contextmanager
+def worker_pool(job: Job, workers: int) -> Iterator[tuple[Pool, mp.Queue]]:
+    """A pool of `workers` processes, each holding `job` and a composer, and their progress queue."""
     # spawn: no fork of a parent holding OpenCV/tqdm threads; the same on Linux and macOS.
     ctx = mp.get_context("spawn")
     counts = ctx.Queue()
-    with ctx.Pool(workers, initializer=_init_worker, initargs=(job, counts)) as pool:
-        pending = [pool.apply_async(_render_task, (k,)) for k in todo]
-        while pending:
-            _drain(counts, progress, timeout=0.2)
-            for result in [r for r in pending if r.ready()]:
-                result.get()  # re-raises a worker's error here
-                pending.remove(result)
-        _drain(counts, progress, timeout=0.0)
+    # The job (mostly segment pixels, ~20 MB on the demo) travels by file, not as an initarg:
+    # spawn writes initargs down each child's pipe and blocks until that child has imported its
+    # modules, so the workers would start one after another instead of together.
+    with tempfile.TemporaryDirectory(prefix="synth-render-") as tmp:
+        job_file = os.path.join(tmp, "job.pickle")
+        with open(job_file, "wb") as f:
+            pickle.dump(job, f, protocol=pickle.HIGHEST_PROTOCOL)
+        with ctx.Pool(workers, initializer=_init_worker, initargs=(job_file, counts)) as pool:
+            yield pool, counts
+
+
+def _collect(
+    pool: Pool, todo: list[int], progress: Callable[[int], object], counts: mp.Queue
+) -> None:
+    """Queue every shard on `pool` and wait for all, relaying progress; re-raises a worker's error."""
+    pending = [pool.apply_async(_render_task, (k,)) for k in todo]
+    while pending:
+        _drain(counts, progress, timeout=0.2)
+        for result in [r for r in pending if r.ready()]:
+            result.get()  # re-raises a worker's error here
+            pending.remove(result)
+    _drain(counts, progress, timeout=0.0)
 
 
 def _drain(counts: mp.Queue, progress: Callable[[int], object], timeout: float) -> None:

@@ -54,30 +54,34 @@ class View:
     background: str  # file name of the background scan
     image: np.ndarray  # SxSx3 uint8 RGB
     classes: np.ndarray  # SxS uint8 class map
-    instances: list[dict[str, Any]]  # from `instance_record`, ids 0..n-1 in paste order
+    instances: list[dict[str, Any]]  # from `instance_records`, ids 0..n-1 in paste order
 
 
-def instance_record(
-    instance_id: int,
-    cls: int,
-    mask: np.ndarray,
-    visible: int,
-    source: dict[str, int],
-    transform: dict,
-) -> dict[str, Any]:
-    """One instance of one view; `mask` is its full SxS bool mask (overlaps kept)."""
-    rle = mask_utils.encode(np.asfortranarray(mask, dtype=np.uint8))
-    x, y, w, h = (int(v) for v in mask_utils.toBbox(rle))
-    return {
-        "id": instance_id,
-        "class": cls,
-        "bbox": [x, y, w, h],
-        "area": int(mask_utils.area(rle)),
-        "visible_area": int(visible),
-        "rle": {"size": [int(s) for s in rle["size"]], "counts": rle["counts"].decode("ascii")},
-        "source": source,
-        "transform": transform,
-    }
+def instance_records(
+    classes: list[int],
+    masks: np.ndarray,
+    visible: np.ndarray,
+    sources: list[dict[str, int]],
+    transforms: list[dict],
+) -> list[dict[str, Any]]:
+    """The instances of one view, ids 0..n-1; `masks` holds their full masks (overlaps kept) as
+    SxSxn uint8 0/1 in Fortran order, so pycocotools encodes them all in one call, without a copy.
+    """
+    rles = mask_utils.encode(masks)
+    boxes, areas = mask_utils.toBbox(rles), mask_utils.area(rles)
+    return [
+        {
+            "id": i,
+            "class": int(classes[i]),
+            "bbox": [int(v) for v in boxes[i]],
+            "area": int(areas[i]),
+            "visible_area": int(visible[i]),
+            "rle": {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")},
+            "source": sources[i],
+            "transform": transforms[i],
+        }
+        for i, rle in enumerate(rles)
+    ]
 
 
 def encode_sample(
@@ -158,9 +162,8 @@ class TarWriter:
         self.f, self.sha256, self.offset = f, hashlib.sha256(), 0
 
     def add(self, name: str, data: bytes) -> None:
-        self._write(ustar_header(name, len(data)))
-        self._write(data)
-        self._write(bytes(-len(data) % BLOCK))
+        # One write and one hash update per member: per-call costs add up over small members.
+        self._write(b"".join((ustar_header(name, len(data)), data, bytes(-len(data) % BLOCK))))
 
     def close(self) -> None:
         self._write(bytes(2 * BLOCK))  # end-of-archive marker

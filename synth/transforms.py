@@ -1,7 +1,7 @@
 """Per-paste transforms of a cut segment: scale, rotation, flip and X-ray density jitter.
 
     t = draw_transform(rng, cfg, seg.mask.shape, seg.prescale)
-    pixels, mask = warp(seg.pixels, seg.mask, t)      # the output box grows so nothing is cut
+    pixels, mask = warp(stack(seg.pixels, seg.mask), t)   # the box grows so nothing is cut
 
 Geometry is applied here; density (transmission ** k, i.e. k times the object's thickness under
 Beer-Lambert) is applied by the compositor, which knows the object's transmission.
@@ -55,36 +55,70 @@ def draw_transform(
     return Transform(float(long_side / max(shape)), float(angle), flip, float(density))
 
 
-def warp(pixels: np.ndarray, mask: np.ndarray, t: Transform) -> tuple[np.ndarray, np.ndarray]:
-    """Flip, scale and rotate an hxwx3 crop and its hxw bool mask into an expanded H'xW' box.
+# Border of the stacked crop: one pixel is all bilinear sampling reads past an edge.
+PAD = 1
 
-    One bilinear affine warp does it all. The mask's coverage goes through the same warp and is
+
+def stack(pixels: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """(h+2)x(w+2)x4 uint8: an hxwx3 crop and its hxw mask's coverage (0/255) in one image.
+
+    Built once per segment, so that each paste needs one warp instead of two. The pixels are
+    padded by repeating their edge and the coverage by zeros: under BORDER_REPLICATE the padded
+    image then samples exactly as the pixels do under BORDER_REPLICATE and the mask under
+    BORDER_CONSTANT 0, which is what two separate warps would use.
+    """
+    rgba = np.empty((*mask.shape, 4), dtype=np.uint8)
+    rgba[..., :3] = pixels
+    rgba[..., 3] = mask.view(np.uint8) * np.uint8(255)
+    out = cv2.copyMakeBorder(rgba, PAD, PAD, PAD, PAD, cv2.BORDER_REPLICATE)
+    out[:PAD, :, 3] = out[-PAD:, :, 3] = out[:, :PAD, 3] = out[:, -PAD:, 3] = 0
+    return out
+
+
+def warp(stacked: np.ndarray, t: Transform, outside: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Flip, scale and rotate a `stack`ed crop and mask into an expanded H'xW' box.
+
+    One bilinear affine warp does it all, pixels and mask together. The mask's coverage is
     thresholded at 1/2: binary and aligned with the pixels like nearest neighbour, without its
-    staircases on enlargement. Shrinking by more than 2x first averages areas (`resize`), since
-    bilinear sampling would skip pixels and alias the fine X-ray texture.
+    staircases on enlargement. Shrinking by more than 2x first averages areas (`cv2.resize`),
+    since bilinear sampling would skip pixels and alias the fine X-ray texture.
+
+    `outside=False` when no pixel outside the mask will be used: the box's corners beyond the
+    padded crop are then filled with zeros instead of sampled, which halves the warp's cost. Any
+    output pixel with coverage > 0 samples only inside the padded crop, so the pixels in the mask
+    are the same either way.
     Returns (H'xW'x3 uint8, H'xW' bool).
     """
-    scale, mask8 = t.scale, mask.view(np.uint8)
+    scale = t.scale
+    height, width = stacked.shape[0] - 2 * PAD, stacked.shape[1] - 2 * PAD
     if scale < 0.5:
-        size = (max(1, round(mask.shape[1] * scale)), max(1, round(mask.shape[0] * scale)))
-        pixels, mask8 = resize(pixels, mask, size)
-        scale = 1.0
-    matrix, out_size = affine((mask8.shape[1], mask8.shape[0]), scale, t.angle, t.flip)
-    pixels = cv2.warpAffine(
-        pixels, matrix, out_size, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
-    )
-    cover = cv2.warpAffine(
-        mask8 * np.uint8(255),
-        matrix,
+        size = (max(1, round(width * scale)), max(1, round(height * scale)))
+        stacked = _shrink(stacked, size)
+        (width, height), scale = size, 1.0
+    matrix, out_size = affine((width, height), scale, t.angle, t.flip)
+    # Output-to-source map, moved into the padding; inverted as warpAffine itself would, so the
+    # sample positions are those of an unpadded warp to the last bit.
+    inverse = cv2.invertAffineTransform(matrix)
+    inverse[:, 2] += PAD
+    out = cv2.warpAffine(
+        stacked,
+        inverse,
         out_size,
-        flags=cv2.INTER_LINEAR,
-        borderMode=cv2.BORDER_CONSTANT,
-        borderValue=0,
+        flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+        borderMode=cv2.BORDER_REPLICATE if outside else cv2.BORDER_CONSTANT,
     )
-    out = cover >= 128
-    if not out.any():  # a sliver thinner than a pixel: keep its best-covered pixel
-        out = cover >= max(int(cover.max()), 1)
-    return pixels, out
+    cover = cv2.extractChannel(out, 3)
+    # At least half covered; a sliver thinner than a pixel keeps its best-covered pixel.
+    mask = cover >= min(128, max(int(cover.max()), 1))
+    return cv2.cvtColor(out, cv2.COLOR_RGBA2RGB), mask
+
+
+def _shrink(stacked: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """A `stack`ed crop area-averaged to (w, h), its coverage thresholded at 1/2 and re-padded."""
+    inner = cv2.resize(stacked[PAD:-PAD, PAD:-PAD], size, interpolation=cv2.INTER_AREA)
+    cover = cv2.extractChannel(inner, 3)
+    mask = cover >= min(128, int(cover.max()))  # as in `warp`
+    return stack(inner[..., :3], mask)
 
 
 def resize(

@@ -7,14 +7,20 @@ from synth.compose import (
     class_map,
     clip,
     composite,
-    full_mask,
+    full_masks,
     index_map,
+    log_transmission,
     object_transmission,
+    tighten,
     visible_areas,
 )
 from synth.sources import _cut
 
 SIZE = 40
+
+
+def full_mask(mask: np.ndarray, x: int, y: int, size: int) -> np.ndarray:
+    return full_masks([mask], [(x, y)], size)[..., 0].astype(bool)
 
 
 def _disc(h: int, w: int, r: float) -> np.ndarray:
@@ -41,7 +47,7 @@ def test_multiply_is_beer_lambert(t):
     np.testing.assert_allclose(seg.level, 200.0)
     background = np.empty((SIZE, SIZE, 3), dtype=np.uint8)
     background[:] = (180, 120, 60)
-    placed = Placed(seg.pixels, seg.mask, seg.level, 1, 1.0, 10, 5)
+    placed = Placed(seg.pixels, seg.mask, log_transmission(seg.level, "multiply"), 1, 1.0, 10, 5)
     out = composite(background, [placed], "multiply", edge_sigma=1.0)
     inner = full_mask(_erode(seg.mask, 3), 10, 5, SIZE)
     assert inner.sum() > 60
@@ -62,9 +68,9 @@ def test_multiply_superposes_overlapping_objects():
     """Two objects t1, t2 overlapping on background b: b * t1 * t2 (no occlusion in X-ray)."""
     pixels = np.full((10, 10, 3), 100, dtype=np.uint8)
     mask = np.ones((10, 10), dtype=bool)
-    level = np.full(3, 200.0, dtype=np.float32)
-    a = Placed(pixels, mask, level, 1, 1.0, 5, 5)
-    b = Placed(pixels, mask, level, 2, 1.0, 5, 5)
+    log_t = log_transmission(np.full(3, 200.0, dtype=np.float32), "multiply")
+    a = Placed(pixels, mask, log_t, 1, 1.0, 5, 5)
+    b = Placed(pixels, mask, log_t, 2, 1.0, 5, 5)
     background = np.full((SIZE, SIZE, 3), 240, dtype=np.uint8)
     out = composite(background, [a, b], "multiply", edge_sigma=0.0)
     assert (out[5:15, 5:15] == 60).all()
@@ -72,16 +78,17 @@ def test_multiply_superposes_overlapping_objects():
 
 def test_density_raises_transmission_to_power_k():
     pixels = np.full((4, 4, 3), 128, dtype=np.uint8)
-    p = Placed(pixels, np.ones((4, 4), bool), np.full(3, 256.0, np.float32), 1, 2.0, 0, 0)
-    np.testing.assert_allclose(object_transmission(p, "multiply"), 0.25)
+    log_t = log_transmission(np.full(3, 256.0, np.float32), "multiply")
+    p = Placed(pixels, np.ones((4, 4), bool), log_t, 1, 2.0, 0, 0)
+    np.testing.assert_allclose(object_transmission(p), 0.25, rtol=1e-6)
 
 
 def test_hard_overwrites_and_alpha_blends():
     pixels = np.full((10, 10, 3), 50, dtype=np.uint8)
     mask = np.zeros((10, 10), dtype=bool)
     mask[2:8, 2:8] = True
-    p = Placed(pixels, mask, np.full(3, 200.0, np.float32), 1, 1.0, 0, 0)
     background = np.full((SIZE, SIZE, 3), 200, dtype=np.uint8)
+    p = Placed(pixels, mask, log_transmission(np.full(3, 200.0), "hard"), 1, 1.0, 0, 0)
     hard = composite(background, [p], "hard", edge_sigma=1.0)
     assert (hard[2:8, 2:8] == 50).all() and (hard[~full_mask(mask, 0, 0, SIZE)] == 200).all()
     alpha = composite(background, [p], "alpha", edge_sigma=1.0)
@@ -99,3 +106,27 @@ def test_labels_follow_the_topmost_instance_and_clip_at_edges():
     assert classes[7, 7] == 2 and classes[2, 2] == 4 and classes[20, 20] == 0
     assert full_mask(square, SIZE - 4, -3, SIZE).sum() == 28
     assert clip(SIZE, 0, 10, 10, SIZE) is None
+
+
+def test_pasting_the_tight_box_changes_nothing():
+    """Cut to its mask's bounding box, an object pastes and labels exactly as its whole box."""
+    rng = np.random.default_rng(1)
+    pixels = rng.integers(0, 256, (30, 36, 3), dtype=np.uint8)
+    mask = np.zeros((30, 36), dtype=bool)
+    mask[6:20, 9:31] = _disc(14, 22, 9.0)
+    log_t = log_transmission(np.full(3, 230.0, dtype=np.float32), "multiply")
+    background = rng.integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8)
+    for x, y in [(3, 4), (-12, 20), (25, -8)]:  # inside, and cut by the canvas edge
+        whole = Placed(pixels, mask, log_t, 1, 1.3, x, y)
+        tight_pixels, tight_mask, dx, dy = tighten(pixels, mask)
+        ys, xs = np.nonzero(mask)
+        assert (dx, dy) == (xs.min(), ys.min()) and tight_mask.sum() == mask.sum()
+        assert tight_mask.shape == (ys.max() + 1 - dy, xs.max() + 1 - dx)
+        tight = Placed(tight_pixels, tight_mask, log_t, 1, 1.3, x + dx, y + dy)
+        np.testing.assert_array_equal(
+            composite(background, [whole], "multiply", edge_sigma=1.0),
+            composite(background, [tight], "multiply", edge_sigma=1.0),
+        )
+        np.testing.assert_array_equal(
+            index_map([mask], [(x, y)], SIZE), index_map([tight_mask], [(x + dx, y + dy)], SIZE)
+        )

@@ -11,17 +11,24 @@ from synth.shards import (
     build_manifest,
     encode_sample,
     file_sha256,
-    instance_record,
+    instance_records,
     read_manifest,
     write_shard,
 )
+
+
+def _fortran(*masks: np.ndarray) -> np.ndarray:
+    """HxWxn uint8 in Fortran order, as `instance_records` takes them."""
+    return np.asfortranarray(np.stack(masks, axis=-1), dtype=np.uint8)
 
 
 def _sample(index: int) -> dict[str, bytes]:
     rng = np.random.default_rng(index)
     mask = np.zeros((16, 16), dtype=bool)
     mask[3:9, 4:12] = True
-    inst = instance_record(0, 2, mask, 40, {"image_id": 1, "annotation_id": 5}, {"angle": 3.0})
+    [inst] = instance_records(
+        [2], _fortran(mask), np.array([40]), [{"image_id": 1, "annotation_id": 5}], [{"angle": 3.0}]
+    )
     views = [
         View(
             f"N{v}.jpg",
@@ -69,15 +76,23 @@ def test_failed_write_leaves_nothing(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_instance_record_round_trips_the_mask():
+def test_instance_records_round_trip_the_masks():
     mask = np.zeros((20, 30), dtype=bool)
     mask[5:9, 10:25] = True
     mask[15, 2] = True
-    inst = instance_record(3, 1, mask, 11, {"image_id": 1, "annotation_id": 2}, {})
-    rle = {"size": inst["rle"]["size"], "counts": inst["rle"]["counts"].encode()}
-    np.testing.assert_array_equal(mask_utils.decode(rle).astype(bool), mask)
+    other = np.zeros_like(mask)
+    other[0, 0] = True
+    masks = _fortran(mask, other)
+    source = {"image_id": 1, "annotation_id": 2}
+    insts = instance_records([1, 3], masks, np.array([11, 1]), [source, source], [{}, {}])
+    assert [i["id"] for i in insts] == [0, 1] and [i["class"] for i in insts] == [1, 3]
+    for inst, m in zip(insts, (mask, other), strict=True):
+        rle = {"size": inst["rle"]["size"], "counts": inst["rle"]["counts"].encode()}
+        np.testing.assert_array_equal(mask_utils.decode(rle).astype(bool), m)
+    inst = insts[0]
     assert inst["bbox"] == [2, 5, 23, 11] and inst["area"] == 61 and inst["visible_area"] == 11
-    json.dumps(inst)  # plain JSON types only
+    assert insts[1]["bbox"] == [0, 0, 1, 1] and insts[1]["area"] == 1
+    json.dumps(insts)  # plain JSON types only
 
 
 def test_manifest_schema_is_checked(tmp_path):
