@@ -66,8 +66,12 @@ def main(ctx: click.Context, task, init, data, out, params, overrides, verbose) 
         return
     if not init or not out:
         raise UserError("--init and --out are required (see evaluate --help)")
-    # torch imports only when fine-tuning
+    # torch is imported only when something is fine-tuned
     if task == "instance":
+        from eval.instance_off import stub_if_disabled
+
+        if stub_if_disabled(init, out, params, overrides):
+            return
         from eval import instance as stage
     else:
         from eval import finetune as stage

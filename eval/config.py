@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 from segloc.errors import UserError
-from segloc.params import from_dict
+from segloc.params import apply_override, from_dict, load_params, to_dict
+
+DEFAULT_PARAMS = Path("params.yaml")
 
 Arch = Literal["resnet18", "resnet34", "resnet50", "resnet101", "resnet152"]
 
@@ -102,3 +106,27 @@ def _check_positive(cfg: EvalConfig, *names: str, zero: bool = False) -> None:
         if value < 0 or (value == 0 and not zero):
             expected = "zero or more" if zero else "a positive number"
             raise UserError(f"params eval.{name}: expected {expected}, got {value}")
+
+
+def load_run_params(path: str | Path | None, overrides: Iterable[str]) -> dict[str, Any]:
+    """params.yaml (if `path` is None: ./params.yaml when present) with eval defaults filled in,
+    so `--set eval.KEY=VALUE` works without a params file."""
+    if path is None and not DEFAULT_PARAMS.is_file():
+        params: dict[str, Any] = {}
+    else:
+        params = load_params(path or DEFAULT_PARAMS)
+    section = params.get("eval", {})
+    if isinstance(section, dict):  # anything else is reported by load_eval_config
+        params["eval"] = _with_defaults(to_dict(EvalConfig()), section)
+    for item in overrides:
+        apply_override(params, item)
+    return params
+
+
+def _with_defaults(defaults: dict[str, Any], given: dict[str, Any]) -> dict[str, Any]:
+    """`given` over `defaults`, sub-sections (eval.instance) merged key by key."""
+    merged = {**defaults, **given}
+    for key, value in defaults.items():
+        if isinstance(value, dict) and isinstance(given.get(key), dict):
+            merged[key] = _with_defaults(value, given[key])
+    return merged

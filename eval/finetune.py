@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from eval import distributed
-from eval.config import EvalConfig, load_eval_config
+from eval.config import EvalConfig, load_eval_config, load_run_params
 from eval.data import (
     PAD_VALUE,
     LabeledSets,
@@ -42,16 +42,16 @@ from eval.data import (
     resolve_data,
 )
 from eval.distributed import DistEnv
+from eval.inits import Init, resolve_init
 from eval.metrics import ConfusionMatrix
-from eval.model import Init, build_model, load_init, resolve_init
+from eval.model import build_model, load_init
 from eval.outputs import OVERALL, RepeatResult, write_run
 from segloc.coco import CocoSet
 from segloc.errors import UserError
-from segloc.params import apply_override, load_params, to_dict
+from segloc.params import to_dict
 
 log = logging.getLogger(__name__)
 
-DEFAULT_PARAMS = Path("params.yaml")
 SAMPLE_SIZE = 256  # long side of the scans kept for the report's qualitative sheet
 
 
@@ -94,30 +94,6 @@ def main(
         return metrics
     finally:
         distributed.teardown()
-
-
-def load_run_params(path: str | Path | None, overrides: Iterable[str]) -> dict[str, Any]:
-    """params.yaml (if `path` is None: ./params.yaml when present) with eval defaults filled in,
-    so `--set eval.KEY=VALUE` works without a params file."""
-    if path is None and not DEFAULT_PARAMS.is_file():
-        params: dict[str, Any] = {}
-    else:
-        params = load_params(path or DEFAULT_PARAMS)
-    section = params.get("eval", {})
-    if isinstance(section, dict):  # anything else is reported by load_eval_config
-        params["eval"] = _with_defaults(to_dict(EvalConfig()), section)
-    for item in overrides:
-        apply_override(params, item)
-    return params
-
-
-def _with_defaults(defaults: dict[str, Any], given: dict[str, Any]) -> dict[str, Any]:
-    """`given` over `defaults`, sub-sections (eval.instance) merged key by key."""
-    merged = {**defaults, **given}
-    for key, value in defaults.items():
-        if isinstance(value, dict) and isinstance(given.get(key), dict):
-            merged[key] = _with_defaults(value, given[key])
-    return merged
 
 
 def fine_tune_once(

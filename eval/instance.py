@@ -48,21 +48,21 @@ from eval.coco_eval import (
     detections_to_results,
     ground_truth,
 )
-from eval.config import EvalConfig, InstanceConfig, load_eval_config
+from eval.config import EvalConfig, InstanceConfig, load_eval_config, load_run_params
 from eval.data import MEAN, STD, LabeledSets, RankDraws, load_sets, resolve_data
 from eval.distributed import DistEnv
-from eval.finetune import autocast, data_summary, load_run_params
+from eval.finetune import autocast, data_summary
+from eval.inits import Init, resolve_init
 from eval.instance_data import InstanceDraws, collate, read_scan, to_tensor
+from eval.instance_off import TASK, run_config, write_disabled
 from eval.metrics import summarize
-from eval.model import Init, load_resnet_body, resolve_init
+from eval.model import load_resnet_body
 from segloc.atomic import atomic_dir, write_json
 from segloc.coco import CocoSet
 from segloc.errors import UserError
-from segloc.params import to_dict
 
 log = logging.getLogger(__name__)
 
-TASK = "instance"
 ASPECT_RATIOS = (0.5, 1.0, 2.0)  # torchvision's default anchors per location
 
 
@@ -90,7 +90,7 @@ def main(
         cfg = load_eval_config(resolved)
         init_spec = resolve_init(init)
         if not cfg.instance.enabled:
-            return _write_disabled(out, cfg, init_spec) if env.main else None
+            return write_disabled(out, cfg, init_spec) if env.main else None
         sets = load_sets(resolve_data(resolved, data))
         threads = distributed.set_threads(cfg.threads, env)
         log.info(
@@ -105,26 +105,12 @@ def main(
         results = [fine_tune_once(sets, truths, init_spec, cfg, r, env) for r in range(cfg.repeats)]
         if not env.main:
             return None
-        config = _config(cfg, init_spec) | {"world_size": env.world, "data": data_summary(sets)}
+        config = run_config(cfg, init_spec) | {"world_size": env.world, "data": data_summary(sets)}
         metrics = write_run(out, results, config)
         _log_summary(metrics)
         return metrics
     finally:
         distributed.teardown()
-
-
-def _config(cfg: EvalConfig, init: Init) -> dict[str, Any]:
-    return {"task": TASK, "eval": to_dict(cfg), "init": init.describe()}
-
-
-def _write_disabled(out: str | Path, cfg: EvalConfig, init: Init) -> dict[str, Any]:
-    """A stub run, so a pipeline stage for instance transfer stays cheap until switched on."""
-    log.warning("eval.instance.enabled is false: nothing fine-tuned (set it true to run)")
-    metrics = {"task": TASK, "enabled": False, "init": init.label, "repeats": 0, "splits": {}}
-    with atomic_dir(out) as tmp:
-        write_json(tmp / "metrics.json", metrics)
-        write_json(tmp / "config.json", _config(cfg, init))
-    return metrics
 
 
 def build_maskrcnn(arch: str, num_classes: int, inst: InstanceConfig) -> MaskRCNN:

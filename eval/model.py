@@ -1,7 +1,7 @@
 """Segmentation model on a torchvision ResNet, and the inits it starts from.
 
     model = build_model("resnet18", "fcn", num_classes=13, output_stride=16, generator=g)
-    init = resolve_init("runs/pretrain/segloc")        # or "random", "imagenet:resnet18.pth"
+    init = resolve_init("runs/pretrain/segloc")        # eval.inits: or "random", "imagenet:PATH"
     load_init(model, init, "resnet18")
 
 `model.backbone` is torchvision's IntermediateLayerGetter over the ResNet: its state_dict keys are
@@ -11,11 +11,8 @@ is, checked key by key and shape by shape.
 
 from __future__ import annotations
 
-import json
 import logging
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -26,6 +23,7 @@ from torchvision.models.segmentation.deeplabv3 import DeepLabHead, DeepLabV3
 from torchvision.models.segmentation.fcn import FCN, FCNHead
 
 from eval.data import MEAN, STD
+from eval.inits import Init
 from segloc.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -34,24 +32,6 @@ log = logging.getLogger(__name__)
 DILATED_LAYERS = {32: (), 16: ("layer4",), 8: ("layer3", "layer4")}
 # ASPP rates scale with the feature map: (6, 12, 18) at stride 16 as in DeepLabV3, doubled at 8.
 ASPP_RATES = {32: (3, 6, 9), 16: (6, 12, 18), 8: (12, 24, 36)}
-
-
-@dataclass(frozen=True)
-class Init:
-    kind: Literal["random", "backbone", "imagenet"]
-    label: str  # row name in reports
-    path: Path | None = None  # weights file
-    arch: str | None = None  # architecture the weights declare (backbone.json), if known
-    meta: dict[str, Any] = field(default_factory=dict)  # backbone.json
-
-    def describe(self) -> dict[str, Any]:
-        return {
-            "kind": self.kind,
-            "label": self.label,
-            "path": str(self.path) if self.path else None,
-            "arch": self.arch,
-            "meta": self.meta,
-        }
 
 
 def build_model(
@@ -108,47 +88,6 @@ def _init_weights(model: nn.Module, generator: torch.Generator) -> None:
     # segmentation heads); He init on a 1x1 conv to a dozen outputs gives large initial logits.
     last = [m for m in model.classifier.modules() if isinstance(m, nn.Conv2d)][-1]
     nn.init.normal_(last.weight, std=0.01, generator=generator)
-
-
-def resolve_init(spec: str) -> Init:
-    """`random`, `imagenet:PATH` (torchvision weights file) or an exported backbone (file or run)."""
-    if spec == "random":
-        return Init("random", "random")
-    if spec.startswith("imagenet:"):
-        path = Path(spec.removeprefix("imagenet:"))
-        if not path.is_file():
-            raise UserError(
-                f"{path}: ImageNet weights file not found. This pipeline never downloads: fetch "
-                f"torchvision's ImageNet weights for the architecture (e.g. resnet18-f37072fd.pth) "
-                f"on a machine with network and put the file at {path}"
-            )
-        return Init("imagenet", "imagenet", path)
-    path = Path(spec)
-    if path.is_dir():
-        path = path / "backbone.pt"
-    if not path.is_file():
-        raise UserError(
-            f"--init {spec}: expected 'random', 'imagenet:PATH' or an exported backbone "
-            f"(a backbone.pt file or its run folder); {path} not found"
-        )
-    meta = _read_meta(path.with_suffix(".json"))
-    label = str(meta.get("label") or meta.get("method") or path.parent.name)
-    return Init("backbone", label, path, meta.get("arch"), meta)
-
-
-def _read_meta(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        log.warning(
-            "%s: not found; the backbone's architecture is checked by its weights alone", path
-        )
-        return {}
-    try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise UserError(f"{path}: cannot read backbone config ({err})") from err
-    if not isinstance(meta, dict):
-        raise UserError(f"{path}: expected a JSON object with 'arch' and 'method'")
-    return meta
 
 
 def load_init(model: nn.Module, init: Init, arch: str) -> None:

@@ -9,6 +9,7 @@ from click.testing import CliRunner
 
 from eval import finetune
 from eval.cli import main as cli
+from eval.config import load_run_params
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -186,7 +187,7 @@ def test_bad_inputs_end_in_one_clear_message(pidray, tmp_path, tiny):
 
 def test_params_file_and_overrides(pidray, tmp_path, tiny):
     (tmp_path / "params.yaml").write_text("eval:\n  steps: 2\n  repeats: 1\n")
-    params = finetune.load_run_params(None, ["eval.head=deeplabv3"])
+    params = load_run_params(None, ["eval.head=deeplabv3"])
     assert params["eval"]["steps"] == 2 and params["eval"]["head"] == "deeplabv3"
     assert params["eval"]["crop_size"] == 96  # defaults fill the rest
 

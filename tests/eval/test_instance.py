@@ -1,4 +1,7 @@
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +24,8 @@ from eval.coco_eval import (
 )
 from eval.config import InstanceConfig, load_eval_config
 from eval.data import LabeledSets
-from eval.model import load_resnet_body, resolve_init
+from eval.inits import resolve_init
+from eval.model import load_resnet_body
 from segloc.coco import load_coco
 from segloc.errors import UserError
 
@@ -252,6 +256,30 @@ def test_disabled_by_default_writes_a_stub_and_report_tables(pidray, tmp_path):
     assert "COCO AP/AR" in text and "mIoU" not in text
     assert "| segloc | easy | 2 | 25.0 ± 7.1 |" in text
     assert "| segloc | segm_AP | +13.0 ± 5.4 |" in text  # sqrt(.0707² / 2 + .0283² / 2)
+
+
+def test_disabled_stub_does_not_import_torch(pidray, tmp_path):
+    """The default pipeline runs six stub stages: each must not pay torch's import (~6 s)."""
+    out = tmp_path / "off"
+    code = (
+        "import sys; from eval.cli import main; "
+        f"main(['--task', 'instance', '--init', 'random', '--data', {str(pidray)!r}, "
+        f"'--out', {str(out)!r}], standalone_mode=False); "
+        "assert 'torch' not in sys.modules, 'torch imported'"
+    )
+    root = Path(__file__).resolve().parents[2]
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, env=_env(root)
+    )
+    assert result.returncode == 0, result.stderr
+    assert json.loads((out / "metrics.json").read_text())["enabled"] is False
+
+
+def _env(root: Path) -> dict[str, str]:
+    return {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]),
+    }
 
 
 def _fake_instance_run(folder, label, kind, values):

@@ -5,7 +5,8 @@ import torch
 import torchvision
 from torch import nn
 
-from eval.model import _dilate, build_model, load_init, resolve_init
+from eval.inits import resolve_init
+from eval.model import _dilate, build_model, load_init
 from segloc.errors import UserError
 
 

@@ -12,7 +12,7 @@ import torch
 
 import train.moco
 import train.step
-from eval.model import resolve_init
+from eval.inits import resolve_init
 from segloc.errors import UserError
 from train.config import AugmentConfig, PretrainConfig
 from train.export import load_backbone, torchvision_backbone
