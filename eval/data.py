@@ -22,12 +22,11 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from segloc.coco import IGNORE, CocoSet, ImageInfo, class_map, load_coco
-from segloc.config import CocoSplit, load_data_config
+from segloc.config import CocoSplit, load_data_config, pidray_splits
 from segloc.errors import UserError
 from segloc.imageio import image_size, read_rgb
 from segloc.splits import labeled_subset
 
-PIDRAY_TESTS = ("easy", "hard", "hidden")
 # Inputs are normalised with ImageNet statistics, so an ImageNet init sees what it was trained on;
 # pretraining normalises the same way.
 MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32) * 255
@@ -54,15 +53,6 @@ class LabeledSets:
     def label_names(self) -> tuple[str, ...]:
         """Names of the class-map values 0..C."""
         return ("background", *self.train.class_names)
-
-
-def pidray_splits(root: str | Path) -> tuple[CocoSplit, dict[str, CocoSplit]]:
-    """Train and test splits of a folder in PIDray layout."""
-    root = Path(root)
-    ann = root / "annotations"
-    train = CocoSplit(str(ann / "xray_train.json"), str(root / "train"))
-    tests = {n: CocoSplit(str(ann / f"xray_test_{n}.json"), str(root / n)) for n in PIDRAY_TESTS}
-    return train, tests
 
 
 def resolve_data(params: dict[str, Any], root: str | Path | None) -> EvalData:

@@ -60,8 +60,13 @@ def resolve_init(spec: str) -> Init:
             f"(a backbone.pt file or its run folder); {path} not found"
         )
     meta = _read_meta(path.with_suffix(".json"))
-    label = str(meta.get("label") or meta.get("method") or path.parent.name)
-    return Init("backbone", label, path, meta.get("arch"), meta)
+    return Init("backbone", card_label(meta, path.parent), path, meta.get("arch"), meta)
+
+
+def card_label(meta: dict[str, Any], folder: Path) -> str:
+    """A pretraining run's row name in reports: the label its backbone.json gives (e.g.
+    "segloc (mask, single queue)"), else its method, else its folder's name."""
+    return str(meta.get("label") or meta.get("method") or folder.name)
 
 
 def _read_meta(path: Path) -> dict[str, Any]:

@@ -9,7 +9,8 @@ The recipe mirrors the semantic one (`eval.finetune`, DESIGN §8): repeat r trai
 eval.seed + r on the labeled subset of the train split for eval.instance.steps steps, then every
 test split is scored with pycocotools' COCOeval (bbox and segm: AP, AP50, AP75, APs/m/l, AR@1/10/100),
 the numbers the SegLoc, InsLoc and MoCo papers report. With eval.instance.enabled false (the
-default: one fine-tune costs minutes on a CPU) the command writes a stub run and trains nothing.
+default: one fine-tune costs minutes on a CPU) the command writes a stub run and trains nothing;
+`eval.instance_off` does that before this module (and torch) is imported.
 
 OUT/metrics.json               task "instance"; per split each METRIC_KEYS entry as {mean, std, values}
 OUT/config.json                resolved eval config, data paths, init
@@ -54,7 +55,7 @@ from eval.distributed import DistEnv
 from eval.finetune import autocast, data_summary
 from eval.inits import Init, resolve_init
 from eval.instance_data import InstanceDraws, collate, read_scan, to_tensor
-from eval.instance_off import TASK, run_config, write_disabled
+from eval.instance_off import TASK, run_config
 from eval.metrics import summarize
 from eval.model import load_resnet_body
 from segloc.atomic import atomic_dir, write_json
@@ -83,14 +84,13 @@ def main(
     params: str | Path | None = None,
     overrides: Iterable[str] = (),
 ) -> dict[str, Any] | None:
-    """Run the stage; returns the metrics document on rank 0 (None on other ranks)."""
+    """Fine-tune and score (eval.instance.enabled is the command's switch, checked by
+    `eval.instance_off` first); returns the metrics document on rank 0 (None on other ranks)."""
     env = distributed.setup()
     try:
         resolved = load_run_params(params, overrides)
         cfg = load_eval_config(resolved)
         init_spec = resolve_init(init)
-        if not cfg.instance.enabled:
-            return write_disabled(out, cfg, init_spec) if env.main else None
         sets = load_sets(resolve_data(resolved, data))
         threads = distributed.set_threads(cfg.threads, env)
         log.info(

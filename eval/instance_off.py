@@ -45,7 +45,7 @@ def stub_if_disabled(
 ) -> bool:
     """Write the stub run and return True when the task is off; False when it is on.
 
-    Under torchrun only rank 0 writes (RANK as torchrun sets it), as `eval.instance.main` does.
+    Under torchrun only rank 0 writes (RANK as torchrun sets it), as rank 0 writes every run.
     """
     cfg = load_eval_config(load_run_params(params, overrides))
     if cfg.instance.enabled:

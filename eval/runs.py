@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from eval.inits import card_label
 from eval.outputs import OVERALL
 from segloc.errors import UserError
 
@@ -85,8 +86,7 @@ def load_pretrain(path: Path) -> Pretrain:
         raise UserError(f"--pretrain {path}: not a folder")
     meta_path = path / "backbone.json"
     meta = _read_json(meta_path) if meta_path.is_file() else {}
-    label = str(meta.get("label") or meta.get("method") or path.name)
-    return Pretrain(path, label, meta, _read_curve(path / "plots" / "train.tsv"))
+    return Pretrain(path, card_label(meta, path), meta, _read_curve(path / "plots" / "train.tsv"))
 
 
 def _read_json(path: Path) -> dict[str, Any]:

@@ -7,9 +7,12 @@ they agree on the labeled subset (DESIGN §8).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 from segloc.params import from_dict
+
+PIDRAY_TESTS = ("easy", "hard", "hidden")  # PIDray's test splits, in its own order
 
 
 @dataclass(frozen=True)
@@ -43,3 +46,13 @@ class DataConfig:
 
 def load_data_config(params: dict[str, Any]) -> DataConfig:
     return from_dict(DataConfig, params.get("data"), "data")
+
+
+def pidray_splits(root: str | Path) -> tuple[CocoSplit, dict[str, CocoSplit]]:
+    """Train and test splits of a folder in PIDray layout: annotations/xray_train.json and
+    annotations/xray_test_{easy,hard,hidden}.json, images in train/, easy/, hard/, hidden/."""
+    root = Path(root)
+    ann = root / "annotations"
+    train = CocoSplit(str(ann / "xray_train.json"), str(root / "train"))
+    tests = {n: CocoSplit(str(ann / f"xray_test_{n}.json"), str(root / n)) for n in PIDRAY_TESTS}
+    return train, tests

@@ -20,23 +20,20 @@ from typing import Any
 
 import click
 
+from segloc.config import pidray_splits
 from segloc.errors import UserError
 from segloc.params import load_params
 
-PIDRAY_TESTS = ("easy", "hard", "hidden")
 SIXRAY_LABELS = ("ImageSet/10/train.csv", "ImageSet/train.csv")  # first one present is used
 
 
 def data_overrides(pidray: Path, sixray: Path, sixray_labels: Path | None) -> list[str]:
     """`data.*` overrides for PIDray / SIXray folders in their published layouts."""
-    pidray, sixray = pidray.resolve(), sixray.resolve()
-    ann = pidray / "annotations"
-    splits = {"train": ann / "xray_train.json"} | {
-        t: ann / f"xray_test_{t}.json" for t in PIDRAY_TESTS
-    }
-    for name, path in splits.items():
-        _require(path, "file", f"PIDray {name} annotations")
-        _require(pidray / name, "dir", f"PIDray {name} images")
+    sixray = sixray.resolve()
+    train, tests = pidray_splits(pidray.resolve())
+    for name, split in {"train": train, **tests}.items():
+        _require(Path(split.annotations), "file", f"PIDray {name} annotations")
+        _require(Path(split.images), "dir", f"PIDray {name} images")
     _require(sixray / "JPEGImage", "dir", "SIXray scans")
     if sixray_labels is None:
         found = [sixray / p for p in SIXRAY_LABELS if (sixray / p).is_file()]
@@ -48,14 +45,14 @@ def data_overrides(pidray: Path, sixray: Path, sixray_labels: Path | None) -> li
         sixray_labels = found[0]
     _require(sixray_labels, "file", "SIXray label CSV")
     items = {
-        "data.foreground.annotations": splits["train"],
-        "data.foreground.images": pidray / "train",
+        "data.foreground.annotations": train.annotations,
+        "data.foreground.images": train.images,
         "data.background.images": sixray / "JPEGImage",
         "data.background.labels": sixray_labels.resolve(),
     }
-    for t in PIDRAY_TESTS:
-        items[f"data.test.{t}.annotations"] = splits[t]
-        items[f"data.test.{t}.images"] = pidray / t
+    for t, split in tests.items():
+        items[f"data.test.{t}.annotations"] = split.annotations
+        items[f"data.test.{t}.images"] = split.images
     return [f"{k}={v}" for k, v in items.items()]
 
 

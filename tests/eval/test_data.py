@@ -9,10 +9,10 @@ from eval.data import (
     TrainDraws,
     load_example,
     load_sets,
-    pidray_splits,
     resolve_data,
     scale_crop_flip,
 )
+from segloc.config import pidray_splits
 from segloc.errors import UserError
 from segloc.splits import labeled_subset
 from tests.eval.conftest import CLASSES
