@@ -17,26 +17,8 @@ LOG="$OUT/gpu_check.log"
 cd "$REPO"
 exec > >(tee -a "$LOG") 2>&1
 
-# 1. Environment: the project venv if there is one, else a python with torch plus the repo on
-#    PYTHONPATH (the GPU machine has no network, so nothing heavy gets installed here).
-if [ -x "$REPO/.venv/bin/python" ] && "$REPO/.venv/bin/python" -c "import torch" 2>/dev/null; then
-  PY="$REPO/.venv/bin/python"
-else
-  PY="$(command -v python3 || command -v python)"
-  if ! "$PY" -c "import torch, torchvision" 2>/dev/null; then
-    echo "no python with torch found: install the project first (pip install -e '.[dev]')"
-    exit 1
-  fi
-  "$PY" -m pip install --no-deps --no-build-isolation -q -e "$REPO" 2>/dev/null \
-    || echo "pip install -e skipped; using PYTHONPATH"
-  for pair in webdataset:webdataset pycocotools:pycocotools cv2:opencv-python-headless \
-              click:click yaml:pyyaml tqdm:tqdm pytest:pytest; do
-    mod="${pair%%:*}" pkg="${pair#*:}"
-    "$PY" -c "import $mod" 2>/dev/null || "$PY" -m pip install -q "$pkg" \
-      || echo "missing python module $mod (pip package $pkg)"
-  done
-fi
-export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
+# 1. Environment: sets PY and PYTHONPATH.
+source "$REPO/bench/env.sh"
 CUDA="$("$PY" -c "import torch; print(int(torch.cuda.is_available()))")"
 "$PY" - <<'PYEOF'
 import torch
