@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
-# GPU check of the pretraining stage: GPU-marked tests plus a throughput run; runs on CPU too.
+# GPU check: GPU-marked tests, pretraining throughput and fine-tuning rates; runs on CPU too.
 #
 #   bench/gpu_check.sh                 # results under ./gpu_out
 #   OUT=/some/dir bench/gpu_check.sh   # results under $OUT
 #
-# Writes $OUT/gpu_check.log (everything), $OUT/gpu_tests.log, $OUT/train_step.json and
-# $OUT/gpu_check.json (a summary). With CUDA: resnet50, 224 px crops, bf16, batch 64 (two views).
-# Without: resnet18, 64 px, batch 8, so the script itself can be checked on a laptop.
+# Writes $OUT/gpu_check.log (everything), $OUT/gpu_tests.log, $OUT/train_step.json,
+# $OUT/gpu_rates.json (fine-tuning rates at the paper's sizes) and $OUT/gpu_check.json (a
+# summary). With CUDA: resnet50, 224 px crops, bf16, batch 64 (two views); fine-tuning at
+# configs/paper.yaml's sizes. Without: resnet18 and tiny sizes, to check the script on a laptop.
 set -uo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -40,12 +41,20 @@ fi
 "$PY" bench/train_step.py "${ARGS[@]}" --json "$OUT/train_step.json"
 BENCH_RC=$?
 
+# 4. Fine-tuning rates at the paper's sizes (semantic, scoring, instance), for the README's
+#    wall-time figures; tiny sizes without CUDA.
+if [ "$CUDA" = 1 ]; then RATES=(); else RATES=(--small); fi
+"$PY" bench/gpu_rates.py "${RATES[@]}" --json "$OUT/gpu_rates.json"
+[ $? = 0 ] || BENCH_RC=1
+
 "$PY" - "$OUT" "$TESTS_RC" "$BENCH_RC" "$CUDA" <<'PYEOF'
 import json, sys, pathlib
 out, tests, bench, cuda = pathlib.Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 step = out / "train_step.json"
+rates = out / "gpu_rates.json"
 summary = {"cuda": cuda == "1", "tests_rc": tests, "bench_rc": bench,
-           "train_step": json.loads(step.read_text()) if step.is_file() else None}
+           "train_step": json.loads(step.read_text()) if step.is_file() else None,
+           "rates": json.loads(rates.read_text()) if rates.is_file() else None}
 (out / "gpu_check.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
 print(json.dumps(summary, indent=2, sort_keys=True))
 PYEOF
