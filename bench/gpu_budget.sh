@@ -34,14 +34,32 @@ rm -rf "$WORK"
 mkdir -p "$WORK"
 
 stamp "demo data and render on $CORES cores"
-cli synth.cli demo-data --out data/demo --scale default --seed 0 --workers 0 --force
-cli synth.cli render --out "$WORK/shards" --workers "$CORES"
+# Everything lives under $WORK: its own demo data, and a copy of params.yaml pointing at it, so
+# the workspace's data/ and dvc state are left alone.
+cli synth.cli demo-data --out "$WORK/demo" --scale default --seed 0 --workers 0 --force
+PARAMS="$WORK/params.yaml"
+"$PY" - "$REPO/params.yaml" "$PARAMS" "$WORK/demo" <<'PYEOF'
+import sys
+import yaml
+src, dst, demo = sys.argv[1:]
+params = yaml.safe_load(open(src))
+def move(node):
+    for key, value in node.items():
+        if isinstance(value, dict):
+            move(value)
+        elif isinstance(value, str) and value.startswith("data/demo/"):
+            node[key] = demo + value[len("data/demo"):]
+move(params["data"])
+open(dst, "w").write(yaml.safe_dump(params, sort_keys=False))
+PYEOF
+cli synth.cli render --out "$WORK/shards" --params "$PARAMS" --workers "$CORES"
 
 # Concurrent jobs share the cores: two pretraining runs and one fine-tune, then two fine-tunes.
-PT=(--set pretrain.steps="$STEPS" --set pretrain.augment.crop="$CROP"
+PT=(--params "$PARAMS" --set pretrain.steps="$STEPS" --set pretrain.augment.crop="$CROP"
     --set pretrain.workers=$(( CORES / 4 > 1 ? CORES / 4 : 1 )) --set pretrain.threads=2
     --set pretrain.checkpoint_every=1000)
-EV=(--set eval.steps="$EVAL_STEPS" --set eval.base_size=256 --set eval.crop_size=128
+EV=(--params "$PARAMS" --set eval.steps="$EVAL_STEPS" --set eval.base_size=256
+    --set eval.crop_size=128
     --set eval.threads=$(( CORES / 4 > 1 ? CORES / 4 : 1 )))
 
 stamp "pretrain segloc, segloc-single; fine-tune random"
