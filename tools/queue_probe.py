@@ -1,0 +1,146 @@
+"""Does a contrastive pretraining run tell instances apart by content, or by the age of its keys?
+
+    python tools/queue_probe.py runs/pretrain/segloc                 # shards: data/shards
+    python tools/queue_probe.py RUN --shards DIR --batches 60 --json out.json
+
+Loads a run's `checkpoint.pt` (encoders and queues) and encodes fresh batches from the shards as
+training does: queries with the query encoder, keys with the momentum encoder. The first half of
+the pairs are the queries; each is scored against two negative banks of equal size per queue:
+
+- stale: keys drawn from the run's own queue, written during training by earlier states of the
+  momentum encoder;
+- fresh: keys of the other half of the pairs, from the momentum encoder as it is now.
+
+A model that separates instances by content scores about alike on both banks. A low training loss
+that comes from telling fresh keys from stale ones (MoCo's "inconsistent dictionary") shows as a
+low loss on the stale bank and chance on the fresh one, with negative similarity as high as the
+positive. For segloc the negatives of a query are the other classes' queues, as in training.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from segloc.errors import UserError  # noqa: E402
+from segloc.params import from_dict  # noqa: E402
+from train.config import PretrainConfig, resolve_preset  # noqa: E402
+from train.data import make_loader, open_shards  # noqa: E402
+from train.loop import build_model, stream_spec  # noqa: E402
+from train.moco import ClassQueueMoCo, class_queue_infonce  # noqa: E402
+from train.schedule import scaled_lr  # noqa: E402
+from train.step import StepContext, contrastive_inputs, step_generator, to_device  # noqa: E402
+
+
+def load_run(run: Path, shards) -> tuple[ClassQueueMoCo, PretrainConfig, object, int]:
+    """The run's model at its checkpoint, its config, preset and step."""
+    try:
+        config = json.loads((run / "config.json").read_text())
+        ckpt = torch.load(run / "checkpoint.pt", map_location="cpu", weights_only=True)
+    except (OSError, ValueError, RuntimeError, EOFError) as err:
+        raise UserError(f"{run}: not a pretraining run folder ({err})") from err
+    cfg = from_dict(PretrainConfig, config["pretrain"], "pretrain")
+    preset = resolve_preset(cfg, config["method"])
+    if preset.pooling is None:
+        raise UserError(f"{run}: method {config['method']!r} has no queue to probe")
+    model = build_model(cfg, preset, len(shards.classes), torch.device("cpu"))
+    model.load_state_dict(ckpt["model"])
+    return model, cfg, preset, int(ckpt["step"])
+
+
+@torch.no_grad()
+def encode_pairs(model, cfg, preset, shards, batches: int):
+    """(queries, keys, queue labels) of `batches` fresh batches, encoded as in training."""
+    ctx = StepContext(
+        cfg, preset, 1, scaled_lr(cfg.lr, cfg.batch_size), torch.device("cpu"), 0, shards.classes
+    )
+    # A stream epoch training never reached, so the samples are new to this pass.
+    loader = iter(make_loader(stream_spec(cfg, shards, preset, 0, 10**6, 0, batches), workers=1))
+    model.train()  # batch statistics in both encoders, as in training
+    qs, ks, labels = [], [], []
+    for b in range(batches):
+        batch = next(loader)
+        slots = batch.get("inst_slot", torch.empty(0))
+        kmax = int(slots.max()) + 1 if slots.numel() else 0
+        inputs = contrastive_inputs(
+            to_device(batch, torch.device("cpu")) | {"kmax": kmax}, ctx, step_generator(0, 0, b)
+        )
+        if inputs["labels"].numel() == 0:
+            continue
+        qs.append(model.encoder_q(inputs["x_q"], inputs["regions_q"]))
+        ks.append(model._keys(inputs["x_k"], inputs["regions_k"], inputs["perm"]))
+        labels.append(inputs["labels"])
+    return torch.cat(qs), torch.cat(ks), torch.cat(labels)
+
+
+def probe(model, q, k, labels, temperature: float, seed: int = 0) -> dict:
+    """Loss and similarities of the first half of the pairs against stale and fresh banks."""
+    queues = model.queue.shape[0]
+    half = q.shape[0] // 2
+    rest_k, rest_l = k[half:], labels[half:]
+    per = min(int((rest_l == c).sum()) for c in range(queues))
+    per = min(per, model.queue.shape[2])
+    if per == 0:
+        raise UserError("too few pairs per queue for a fresh bank: raise --batches")
+    fresh = torch.stack([rest_k[rest_l == c][:per].T for c in range(queues)])  # C x D x per
+    pick = torch.randperm(model.queue.shape[2], generator=torch.Generator().manual_seed(seed))
+    stale = model.queue[:, :, pick[:per]]
+    q, k, labels = q[:half], k[:half], labels[:half]
+    mask_own = queues > 1
+
+    def score(bank: torch.Tensor) -> dict:
+        sims = torch.einsum("nd,cdk->cnk", q, bank)
+        if mask_own:
+            sims = sims[~F.one_hot(labels, queues).T.bool()]  # other queues' keys only
+        loss = class_queue_infonce(q, k, labels, bank, temperature, mask_own)
+        return {"loss": loss.item(), "neg_sim": sims.mean().item()}
+
+    negatives = (queues - 1 if mask_own else 1) * per
+    return {
+        "queries": half,
+        "keys_per_queue": per,
+        "chance_loss": math.log(negatives + 1),
+        "pos_sim": (q * k).sum(1).mean().item(),
+        "stale": score(stale),
+        "fresh": score(fresh),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run", type=Path, help="pretraining run folder (pretrain --out)")
+    parser.add_argument("--shards", type=Path, default=Path("data/shards"))
+    parser.add_argument("--batches", type=int, default=60, help="fresh batches to encode")
+    parser.add_argument("--json", type=Path, help="also write the figures here")
+    args = parser.parse_args()
+    try:
+        shards = open_shards(args.shards)
+        model, cfg, preset, step = load_run(args.run, shards)
+        q, k, labels = encode_pairs(model, cfg, preset, shards, args.batches)
+        result = {"run": str(args.run), "step": step} | probe(model, q, k, labels, cfg.temperature)
+    except UserError as err:
+        print(f"error: {err.message}", file=sys.stderr)
+        sys.exit(err.exit_code)
+    print(
+        f"{args.run} at step {step}: {result['queries']} queries, {result['keys_per_queue']} keys "
+        f"per queue in each bank; chance loss {result['chance_loss']:.2f}\n"
+        f"  positive similarity {result['pos_sim']:.3f}\n"
+        f"  stale bank (the run's queue):          loss {result['stale']['loss']:.3f}, "
+        f"negative similarity {result['stale']['neg_sim']:.3f}\n"
+        f"  fresh bank (current momentum encoder): loss {result['fresh']['loss']:.3f}, "
+        f"negative similarity {result['fresh']['neg_sim']:.3f}"
+    )
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
