@@ -11,7 +11,6 @@ else
     echo "no python with torch found: install the project first (pip install -e '.[dev]')"
     exit 1
   fi
-  # Wheels carried in .whl/ (no network there): `pip download --python-version 3.12 ... -d .whl`.
   if [ ! -d /tmp/segloc-site ] && compgen -G "$REPO/.whl/*.whl" >/dev/null; then
     "$PY" -m pip install -q --no-index --no-deps --no-compile --target /tmp/segloc-site \
       "$REPO"/.whl/*.whl

@@ -55,12 +55,11 @@ PYEOF
 cli synth.cli render --out "$WORK/shards" --params "$PARAMS" --workers "$CORES"
 
 # Concurrent jobs share the cores: two pretraining runs and one fine-tune, then two fine-tunes.
+SHARE=$(( CORES / 4 > 1 ? CORES / 4 : 1 ))
 PT=(--params "$PARAMS" --set pretrain.steps="$STEPS" --set pretrain.augment.crop="$CROP"
-    --set pretrain.workers=$(( CORES / 4 > 1 ? CORES / 4 : 1 )) --set pretrain.threads=2
-    --set pretrain.checkpoint_every=1000)
+    --set pretrain.workers="$SHARE" --set pretrain.threads=2 --set pretrain.checkpoint_every=1000)
 EV=(--params "$PARAMS" --set eval.steps="$EVAL_STEPS" --set eval.base_size=256
-    --set eval.crop_size=128
-    --set eval.threads=$(( CORES / 4 > 1 ? CORES / 4 : 1 )))
+    --set eval.crop_size=128 --set eval.threads="$SHARE")
 
 stamp "pretrain segloc, segloc-single; fine-tune random"
 cli train.cli --method segloc --shards "$WORK/shards" --out "$WORK/pretrain/segloc" "${PT[@]}" \

@@ -81,11 +81,12 @@ def semantic_seconds(
 
 
 def instance_step_seconds(args: argparse.Namespace, device: torch.device, bf16: bool) -> float:
-    torch.manual_seed(0)  # torchvision's detection init draws from the global generator
     inst = replace(
         InstanceConfig(), min_size=args.min_size, max_size=args.max_size, batch_size=args.inst_batch
     )
-    model = build_maskrcnn(args.arch, CLASSES, inst).to(device)
+    with torch.random.fork_rng(devices=[]):  # torchvision's init draws from the global generator
+        torch.manual_seed(0)
+        model = build_maskrcnn(args.arch, CLASSES, inst).to(device)
     model.train()
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-3, momentum=0.9)
     g = torch.Generator().manual_seed(1)

@@ -14,8 +14,9 @@ Figures, all measured in this run on this machine:
   that the floor decodes again.
 - 2 workers vs 1 (wall time of the render phase, pool start-up included, best of two
   interleaved) on the dataset size the params give (`synth.num_shards` x
-  `synth.samples_per_shard`: what `synth render` renders by default), not the `--samples` above: the start-up of a worker pool is fixed, so a short render
-  would mostly measure it. Target >= 1.7x on two free cores. The start-up alone (spawning the
+  `synth.samples_per_shard`: what `synth render` renders by default), not the `--samples`
+  above: the start-up of a worker pool is fixed, so a short render would mostly measure it.
+  Target >= 1.7x on two free cores. The start-up alone (spawning the
   workers and building their composers) is shown too, and so is the speed-up without it; a
   pure-CPU loop's 2-process speed-up, measured alongside, shows what the machine offers at that
   moment.

@@ -107,18 +107,20 @@ def warp(stacked: np.ndarray, t: Transform, outside: bool = True) -> tuple[np.nd
         flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
         borderMode=cv2.BORDER_REPLICATE if outside else cv2.BORDER_CONSTANT,
     )
-    cover = cv2.extractChannel(out, 3)
-    # At least half covered; a sliver thinner than a pixel keeps its best-covered pixel.
-    mask = cover >= min(128, max(int(cover.max()), 1))
-    return cv2.cvtColor(out, cv2.COLOR_RGBA2RGB), mask
+    return cv2.cvtColor(out, cv2.COLOR_RGBA2RGB), _covered(out)
 
 
 def _shrink(stacked: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """A `stack`ed crop area-averaged to (w, h), its coverage thresholded at 1/2 and re-padded."""
     inner = cv2.resize(stacked[PAD:-PAD, PAD:-PAD], size, interpolation=cv2.INTER_AREA)
-    cover = cv2.extractChannel(inner, 3)
-    mask = cover >= min(128, int(cover.max()))  # as in `warp`
-    return stack(inner[..., :3], mask)
+    return stack(inner[..., :3], _covered(inner))
+
+
+def _covered(rgba: np.ndarray) -> np.ndarray:
+    """Bool mask of the pixels whose coverage (channel 3, 0..255) is at least half; a sliver
+    thinner than a pixel keeps its best-covered pixels, and no coverage at all gives no mask."""
+    cover = cv2.extractChannel(rgba, 3)
+    return cover >= min(128, max(int(cover.max()), 1))
 
 
 def resize(

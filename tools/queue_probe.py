@@ -45,15 +45,27 @@ def load_run(run: Path, shards) -> tuple[ClassQueueMoCo, PretrainConfig, object,
     try:
         config = json.loads((run / "config.json").read_text())
         ckpt = torch.load(run / "checkpoint.pt", map_location="cpu", weights_only=True)
-    except (OSError, ValueError, RuntimeError, EOFError) as err:
-        raise UserError(f"{run}: not a pretraining run folder ({err})") from err
-    cfg = from_dict(PretrainConfig, config["pretrain"], "pretrain")
-    preset = resolve_preset(cfg, config["method"])
+        method, section, state, step = (
+            config["method"],
+            config["pretrain"],
+            ckpt["model"],
+            int(ckpt["step"]),
+        )
+    except (OSError, ValueError, RuntimeError, EOFError, KeyError, TypeError) as err:
+        raise UserError(f"{run}: not a pretraining run folder ({err!r})") from err
+    cfg = from_dict(PretrainConfig, section, "pretrain")
+    preset = resolve_preset(cfg, method)
     if preset.pooling is None:
-        raise UserError(f"{run}: method {config['method']!r} has no queue to probe")
+        raise UserError(f"{run}: method {method!r} has no queue to probe")
     model = build_model(cfg, preset, len(shards.classes), torch.device("cpu"))
-    model.load_state_dict(ckpt["model"])
-    return model, cfg, preset, int(ckpt["step"])
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:
+        raise UserError(
+            f"{run}: checkpoint does not fit a {method} model for the {len(shards.classes)} "
+            f"classes of {shards.root}; probe it with the shards it was trained on"
+        ) from err
+    return model, cfg, preset, step
 
 
 @torch.no_grad()

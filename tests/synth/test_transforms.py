@@ -123,3 +123,12 @@ def test_one_stacked_warp_matches_two_separate_warps(outside):
         both = out_mask & ref_mask if not outside else np.ones_like(out_mask)
         diff = np.abs(out.astype(int) - ref)[both]
         assert diff.max(initial=0) <= 1 and (diff > 0).mean() < 0.02
+
+
+def test_a_sliver_that_shrinks_to_nothing_leaves_no_mask():
+    """Area averaging can round a one-pixel mask's coverage to 0: that must not mark the box."""
+    pixels = np.full((200, 200, 3), 90, np.uint8)
+    mask = np.zeros((200, 200), bool)
+    mask[100, 100] = True
+    out, out_mask = warp(stack(pixels, mask), Transform(0.01, 0.0, False, 1.0))
+    assert out_mask.shape == out.shape[:2] and not out_mask.any()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import replace
 from types import SimpleNamespace
@@ -15,6 +16,8 @@ from tools.queue_probe import encode_pairs, load_run, probe
 from train.config import AugmentConfig, PretrainConfig
 from train.data import open_shards
 from train.loop import run
+
+from .conftest import write_shards
 
 CLASSES, DIM, KEYS = 3, 16, 8
 
@@ -70,3 +73,25 @@ def test_probe_runs_on_a_pretraining_run(tiny_shards, tmp_path):
 def test_a_folder_that_is_not_a_run_is_named(tiny_shards, tmp_path):
     with pytest.raises(UserError, match=str(tmp_path)):
         load_run(tmp_path, open_shards(tiny_shards))
+
+
+def test_a_run_whose_config_lacks_its_method_is_named(tiny_shards, tmp_path):
+    cfg = PretrainConfig(
+        steps=1, batch_size=4, augment=AugmentConfig(crop=64), workers=0, queue_size=96
+    )
+    run(replace(cfg, shuffle_buffer=16), "segloc", tiny_shards, tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    del config["method"]
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(UserError, match=f"{tmp_path}: not a pretraining run folder"):
+        load_run(tmp_path, open_shards(tiny_shards))
+
+
+def test_shards_with_other_classes_are_refused_by_name(tiny_shards, tmp_path):
+    cfg = PretrainConfig(
+        steps=1, batch_size=4, augment=AugmentConfig(crop=64), workers=0, queue_size=96
+    )
+    run(replace(cfg, shuffle_buffer=16), "segloc", tiny_shards, tmp_path / "run")
+    other = write_shards(tmp_path / "other", num_classes=2)
+    with pytest.raises(UserError, match="2 classes"):
+        load_run(tmp_path / "run", open_shards(other))
