@@ -12,14 +12,12 @@ Figures, all measured in this run on this machine:
   Measured twice: on `--samples` (a short render: the renderer's background cache starts cold
   and mostly misses), and on the default render size below, where the cache serves the repeats
   that the floor decodes again.
-- 2 workers vs 1 (wall time of the render phase, pool start-up included, best of two
-  interleaved) on the dataset size the params give (`synth.num_shards` x
-  `synth.samples_per_shard`: what `synth render` renders by default), not the `--samples`
-  above: the start-up of a worker pool is fixed, so a short render would mostly measure it.
-  Target >= 1.7x on two free cores. The start-up alone (spawning the
-  workers and building their composers) is shown too, and so is the speed-up without it; a
-  pure-CPU loop's 2-process speed-up, measured alongside, shows what the machine offers at that
-  moment.
+- 2 workers vs 1 (wall time of the render phase as `synth render --workers N` runs it: this
+  process and N - 1 helpers, start-up included; best of two interleaved) on the dataset size the
+  params give (`synth.num_shards` x `synth.samples_per_shard`: what `synth render` renders by
+  default), not the `--samples` above. Target >= 1.7x on two free cores. A helper's start-up
+  (spawning it and building its composer, while this process renders) is shown too; a pure-CPU
+  loop's 2-process speed-up, measured alongside, shows what the machine offers at that moment.
 - peak RSS of a whole `synth render` process for 2 vs 20 shards (should be flat).
 """
 
@@ -27,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -165,32 +162,24 @@ def _rendered_views(out: Path, count: int) -> list[tuple[np.ndarray, np.ndarray]
 
 
 def time_workers(job: render.Job, workers: int, out: Path) -> float:
-    """Wall time of the render phase in a pool of `workers` fresh processes.
+    """Wall time of `synth render --workers N`'s render phase: this process and N - 1 helpers.
 
-    Both counts go through the same pool, so both start with cold background caches; timing one
-    worker in this process would reuse the caches the floor measurements warmed up.
+    A fresh composer either way, so both counts start with cold background caches (the floor
+    measurements above warmed up the ones they used).
     """
     job = render.Job(job.cfg, job.data, job.fg, job.bg, out, job.fingerprint)
     start = time.perf_counter()
-    render._run_pool(job, list(range(job.cfg.num_shards)), workers, progress=lambda n: None)
+    render.render_shards(job, list(range(job.cfg.num_shards)), workers, lambda n: None)
     return time.perf_counter() - start
 
 
-def time_startup(job: render.Job, workers: int) -> float:
-    """Wall time until every worker of a fresh pool has been initialised and takes tasks."""
-    start, first = time.time(), {}
-    with render.worker_pool(job, workers) as (pool, _):
-        while len(first) < workers:
-            for pid, t in pool.map(_ready, range(4 * workers), chunksize=1):
-                first.setdefault(pid, t)
-    return max(first.values()) - start
-
-
-def _ready(_: int) -> tuple[int, float]:
-    """This worker's pid and when it started the task; the nap lets every worker get one."""
-    now = time.time()
-    time.sleep(0.01)
-    return os.getpid(), now
+def time_startup(job: render.Job) -> float:
+    """Wall time until a helper has started, loaded the job and built its composer: the delay
+    before its first shard (given no shards, it returns as soon as it is ready)."""
+    start = time.perf_counter()
+    with render.helper_pool(job, [], 1) as (results, _, _):
+        results[0].get()
+        return time.perf_counter() - start
 
 
 def _spin(n: int) -> int:
@@ -289,17 +278,13 @@ def report(job: render.Job, params: Path, tmp: Path, n: int) -> None:
         for i in range(2)
     ]
     t1, t2 = min(p[0] for p in pairs), min(p[1] for p in pairs)
-    s1, s2 = time_startup(full, 1), time_startup(full, 2)
     print(
-        f"workers ({full.cfg.num_shards} shards x {full.cfg.samples_per_shard}, pool start-up "
-        f"included): 1 -> {m / t1:.1f} samples/s, 2 -> {m / t2:.1f} samples/s, "
-        f"speed-up {t1 / t2:.2f}x (target >= 1.7x; a pure-CPU loop gets "
+        f"workers ({full.cfg.num_shards} shards x {full.cfg.samples_per_shard}, `--workers N`: "
+        f"this process and N - 1 helpers): 1 -> {m / t1:.1f} samples/s, 2 -> {m / t2:.1f} "
+        f"samples/s, speed-up {t1 / t2:.2f}x (target >= 1.7x; a pure-CPU loop gets "
         f"{machine_scaling():.2f}x on this machine right now)"
     )
-    print(
-        f"pool start-up: 1 worker {s1:.2f} s, 2 workers {s2:.2f} s; without it the speed-up "
-        f"is {(t1 - s1) / (t2 - s2):.2f}x"
-    )
+    print(f"helper start-up (this process renders meanwhile): {time_startup(full):.2f} s")
     for cache in (job.cfg.background_cache_mb, 8):
         small = peak_rss_mib(params, tmp / f"m2-{cache}", 2, job.cfg.samples_per_shard, cache)
         large = peak_rss_mib(params, tmp / f"m20-{cache}", 20, job.cfg.samples_per_shard, cache)

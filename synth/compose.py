@@ -6,10 +6,11 @@
 The building blocks, per view:
 
     masks, offsets = [p.mask for p in placed], [(p.x, p.y) for p in placed]
-    index = index_map(masks, offsets, size)             # SxS uint8, 1 + topmost instance
-    visible = visible_areas(index, masks, offsets)      # pixels where each is topmost
+    where = boxes(masks, offsets, size)                 # each crop's part inside the canvas
+    index = index_map(masks, where, size)               # SxS uint8, 1 + topmost instance
+    visible = visible_areas(index, where)               # pixels where each is topmost
     classes = class_map(index, [p.cls for p in placed])
-    image = composite(background, placed, mode="multiply", edge_sigma=1.0)
+    image = composite(background, placed, mode="multiply", edge_sigma=1.0, where=where)
 
 X-ray scans are transmission images: by Beer-Lambert, overlapping objects multiply
 (T = T_bg * T_obj; Mery & Katsaggelos 2017). `multiply` pastes the object's own transmission
@@ -32,7 +33,7 @@ from segloc.errors import UserError
 from synth.config import SynthConfig
 from synth.shards import View, instance_records
 from synth.sources import Backgrounds, Foregrounds, load_background
-from synth.transforms import draw_transform, stack, warp
+from synth.transforms import draw_transform, stack, warp, warp_tight
 
 BACKGROUND = 0
 # Index maps are uint8 (0: no instance, i + 1: instance i), so at most 254 instances per view.
@@ -41,7 +42,7 @@ MAX_INSTANCES = 254
 MAX_DRAWS = 100
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # not frozen: one is made per paste, and frozen __init__ costs 4x
 class Placed:
     pixels: np.ndarray  # hxwx3 uint8, transformed cut-out
     mask: np.ndarray  # hxw bool
@@ -52,17 +53,6 @@ class Placed:
     y: int  # canvas row of the crop's top edge
 
 
-def tighten(pixels: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, int, int]:
-    """(pixels, mask, dx, dy): views cut to the mask's bounding box, which starts at (dx, dy).
-
-    A rotated object rarely fills its warped box: its mask covers a fifth of it on average, and
-    the mask's bounding box a little over half. Nothing outside the mask is pasted or labelled
-    (but in alpha mode, whose soft edge fades outward), so the rest of the work skips that part.
-    """
-    dx, dy, w, h = cv2.boundingRect(mask.view(np.uint8))
-    return pixels[dy : dy + h, dx : dx + w], mask[dy : dy + h, dx : dx + w], dx, dy
-
-
 def clip(x: int, y: int, h: int, w: int, size: int) -> tuple[slice, slice, slice, slice] | None:
     """(canvas rows, canvas cols, crop rows, crop cols) of the part of an hxw crop inside the canvas."""
     y0, y1, x0, x1 = max(0, y), min(size, y + h), max(0, x), min(size, x + w)
@@ -71,38 +61,40 @@ def clip(x: int, y: int, h: int, w: int, size: int) -> tuple[slice, slice, slice
     return slice(y0, y1), slice(x0, x1), slice(y0 - y, y1 - y), slice(x0 - x, x1 - x)
 
 
-def index_map(masks: list[np.ndarray], offsets: list[tuple[int, int]], size: int) -> np.ndarray:
+Box = tuple[slice, slice, slice, slice] | None
+
+
+def boxes(masks: list[np.ndarray], offsets: list[tuple[int, int]], size: int) -> list[Box]:
+    """`clip` of each mask at its (x, y) offset: worked out once per view, used by every step."""
+    return [clip(x, y, *m.shape, size) for m, (x, y) in zip(masks, offsets, strict=True)]
+
+
+def index_map(masks: list[np.ndarray], boxes: list[Box], size: int) -> np.ndarray:
     """size x size uint8: 1 + index of the topmost (last pasted) instance per pixel, 0 where none."""
     if len(masks) > MAX_INSTANCES:
         raise ValueError(f"at most {MAX_INSTANCES} instances per view, got {len(masks)}")
     index = np.zeros((size, size), dtype=np.uint8)
-    for i, (mask, (x, y)) in enumerate(zip(masks, offsets, strict=True)):
-        box = clip(x, y, *mask.shape, size)
+    for i, (mask, box) in enumerate(zip(masks, boxes, strict=True)):
         if box is not None:
             rows, cols, mrows, mcols = box
             index[rows, cols][mask[mrows, mcols]] = i + 1
     return index
 
 
-def visible_areas(
-    index: np.ndarray, masks: list[np.ndarray], offsets: list[tuple[int, int]]
-) -> np.ndarray:
+def visible_areas(index: np.ndarray, boxes: list[Box]) -> np.ndarray:
     """(n,) int64: pixels where each instance is topmost (counted inside its own box only)."""
-    size = index.shape[0]
-    out = np.zeros(len(masks), dtype=np.int64)
-    for i, (mask, (x, y)) in enumerate(zip(masks, offsets, strict=True)):
-        box = clip(x, y, *mask.shape, size)
+    out = np.zeros(len(boxes), dtype=np.int64)
+    for i, box in enumerate(boxes):
         if box is not None:
             out[i] = np.count_nonzero(index[box[0], box[1]] == i + 1)
     return out
 
 
-def full_masks(masks: list[np.ndarray], offsets: list[tuple[int, int]], size: int) -> np.ndarray:
+def full_masks(masks: list[np.ndarray], boxes: list[Box], size: int) -> np.ndarray:
     """size x size x n uint8 0/1: each instance's whole mask on the canvas (overlaps kept, edges
     clipped), in Fortran order: the layout pycocotools encodes from without a copy."""
     out = np.zeros((size, size, len(masks)), dtype=np.uint8, order="F")
-    for i, (mask, (x, y)) in enumerate(zip(masks, offsets, strict=True)):
-        box = clip(x, y, *mask.shape, size)
+    for i, (mask, box) in enumerate(zip(masks, boxes, strict=True)):
         if box is not None:
             rows, cols, mrows, mcols = box
             out[rows, cols, i] = mask[mrows, mcols]
@@ -117,20 +109,39 @@ def class_map(index: np.ndarray, classes: list[int]) -> np.ndarray:
 
 
 def composite(
-    background: np.ndarray, placed: list[Placed], mode: str, edge_sigma: float
+    background: np.ndarray,
+    placed: list[Placed],
+    mode: str,
+    edge_sigma: float,
+    where: list[Box] | None = None,
 ) -> np.ndarray:
-    """SxSx3 uint8 view: `placed` pasted in order onto an SxSx3 uint8 background."""
-    canvas = np.empty(background.shape, dtype=np.float32)
-    np.copyto(canvas, background)  # uint8 -> float32 astype is ~10x slower (numpy 2.4)
-    size = canvas.shape[0]
+    """SxSx3 uint8 view: `placed` pasted in order onto an SxSx3 uint8 background; `where`, their
+    `boxes` if the caller has them already.
+
+    The arithmetic runs in float32 over the smallest rectangle holding every box; outside it the
+    background is copied as is, which is what rounding its float copy would give back.
+    """
+    if where is None:
+        where = boxes([p.mask for p in placed], [(p.x, p.y) for p in placed], background.shape[0])
+    out = background.copy()
+    inside = [b for b in where if b is not None]
+    if not inside:
+        return out
+    top, bottom = min(b[0].start for b in inside), max(b[0].stop for b in inside)
+    left, right = min(b[1].start for b in inside), max(b[1].stop for b in inside)
+    canvas = np.empty((bottom - top, right - left, 3), dtype=np.float32)
+    np.copyto(canvas, background[top:bottom, left:right])  # astype is ~10x slower (numpy 2.4)
     paste = {"multiply": _paste_multiply, "alpha": _paste_alpha, "hard": _paste_hard}[mode]
-    for p in placed:
-        box = clip(p.x, p.y, *p.mask.shape, size)
+    for p, box in zip(placed, where, strict=True):
         if box is not None:
             rows, cols, mrows, mcols = box
-            paste(canvas[rows, cols], p, (mrows, mcols), edge_sigma)  # the region is a view
+            region = canvas[
+                rows.start - top : rows.stop - top, cols.start - left : cols.stop - left
+            ]
+            paste(region, p, (mrows, mcols), edge_sigma)  # the region is a view
     # Values stay in [0, 255] in every mode; convertScaleAbs rounds and saturates in one pass.
-    return cv2.convertScaleAbs(canvas)
+    out[top:bottom, left:right] = cv2.convertScaleAbs(canvas)
+    return out
 
 
 def _paste_multiply(region: np.ndarray, p: Placed, crop: tuple, sigma: float) -> None:
@@ -204,12 +215,14 @@ class _Layout:
     background: str  # file name of the scan under this view
     image: np.ndarray  # SxSx3 uint8 crop of it
     placed: list[Placed]  # one per picked segment, paste order
+    boxes: list[Box]  # where each lies on the canvas (`clip`)
     transforms: list[dict]
     sources: list[dict]
 
     def keep(self, ids: list[int]) -> _Layout:
-        pick = [self.placed[i] for i in ids], [self.transforms[i] for i in ids]
-        return _Layout(self.background, self.image, *pick, [self.sources[i] for i in ids])
+        pick = [self.placed[i] for i in ids], [self.boxes[i] for i in ids]
+        rest = [self.transforms[i] for i in ids], [self.sources[i] for i in ids]
+        return _Layout(self.background, self.image, *pick, *rest)
 
 
 class Composer:
@@ -228,9 +241,11 @@ class Composer:
         self._by_class = by_class
         # Per segment, once: pixels and mask in one padded image (one warp per paste), and the
         # table of its transmission. Built up front (~0.1 s for 1000 segments) so that memory
-        # stays flat however many shards follow.
-        self._stacked = [stack(seg.pixels, seg.mask) for seg in fg.segments]
-        self._log_t = [log_transmission(seg.level, cfg.mode) for seg in fg.segments]
+        # stays flat however many shards follow. Views are composed in BGR, the order OpenCV
+        # decodes backgrounds to and its JPEG encoder takes, so no view needs converting; every
+        # step is per channel, so flipping the segments' channels here is all it takes.
+        self._stacked = [stack(seg.pixels[..., ::-1], seg.mask) for seg in fg.segments]
+        self._log_t = [log_transmission(seg.level[::-1], cfg.mode) for seg in fg.segments]
         self._cache: OrderedDict[int, np.ndarray] = OrderedDict()
         self._cached_bytes = 0
 
@@ -253,14 +268,14 @@ class Composer:
         # Two different scans: InsLoc's pairing teaches invariance to clutter (DESIGN §2).
         scans = rng.choice(len(self.bg.names), size=2, replace=False)
         layouts = [self._layout(rng, int(b), picks) for b in scans]
-        labels = [self._labels(layout.placed) for layout in layouts]
+        labels = [self._labels(layout) for layout in layouts]
         keep = self._survivors(layouts, labels)
         if not keep:
             return None
         if len(keep) < count:
             # Dropped instances are not pasted at all, in either view.
             layouts = [layout.keep(keep) for layout in layouts]
-            labels = [self._labels(layout.placed) for layout in layouts]
+            labels = [self._labels(layout) for layout in layouts]
         return [self._view(layout, *lab) for layout, lab in zip(layouts, labels, strict=True)]
 
     def _pick_segments(self, rng: np.random.Generator, count: int) -> list[int]:
@@ -286,15 +301,15 @@ class Composer:
         halo = self.cfg.mode == "alpha"
         for i, seg in zip(picks, segs, strict=True):
             t = draw_transform(rng, self.cfg, seg.mask.shape, seg.prescale)
-            pixels, mask = warp(self._stacked[i], t, outside=halo)
-            h, w = mask.shape
+            if halo:
+                pixels, mask = warp(self._stacked[i], t)
+                dx, dy, (h, w) = 0, 0, mask.shape
+            else:
+                pixels, mask, dx, dy, (h, w) = warp_tight(self._stacked[i], t)
             # Anywhere the whole box fits; a box larger than the canvas is cut on some side.
             u = rng.random(2)
             x = min(0, size - w) + int(u[0] * (abs(size - w) + 1))
             y = min(0, size - h) + int(u[1] * (abs(size - h) + 1))
-            dx = dy = 0
-            if not halo:
-                pixels, mask, dx, dy = tighten(pixels, mask)
             placed.append(Placed(pixels, mask, self._log_t[i], seg.cls, t.density, x + dx, y + dy))
             # Scale as seen from the source scan, whatever size the segment is stored at.
             transforms.append(
@@ -305,15 +320,15 @@ class Composer:
             self.bg.names[scan],
             full[top : top + size, left : left + size],
             placed,
+            [clip(p.x, p.y, *p.mask.shape, size) for p in placed],
             transforms,
             sources,
         )
 
-    def _labels(self, placed: list[Placed]) -> tuple[np.ndarray, np.ndarray]:
+    def _labels(self, layout: _Layout) -> tuple[np.ndarray, np.ndarray]:
         """(SxS uint8 index map, (n,) visible pixel counts) of instances pasted in order."""
-        masks, offsets = [p.mask for p in placed], [(p.x, p.y) for p in placed]
-        index = index_map(masks, offsets, self.cfg.canvas)
-        return index, visible_areas(index, masks, offsets)
+        index = index_map([p.mask for p in layout.placed], layout.boxes, self.cfg.canvas)
+        return index, visible_areas(index, layout.boxes)
 
     def _survivors(self, layouts: list[_Layout], labels: list[tuple]) -> list[int]:
         """Indices of the instances visible enough in every view (dropped ones leave both)."""
@@ -329,13 +344,12 @@ class Composer:
         return [int(i) for i in np.flatnonzero(ok)]
 
     def _view(self, layout: _Layout, index: np.ndarray, visible: np.ndarray) -> View:
-        placed = layout.placed
-        masks = full_masks([p.mask for p in placed], [(p.x, p.y) for p in placed], self.cfg.canvas)
-        instances = instance_records(
-            [p.cls for p in placed], masks, visible, layout.sources, layout.transforms
-        )
-        image = composite(layout.image, layout.placed, self.cfg.mode, self.cfg.edge_sigma)
-        classes = class_map(index, [p.cls for p in layout.placed])
+        placed, cfg = layout.placed, self.cfg
+        masks = full_masks([p.mask for p in placed], layout.boxes, cfg.canvas)
+        classes = [p.cls for p in placed]
+        instances = instance_records(classes, masks, visible, layout.sources, layout.transforms)
+        image = composite(layout.image, placed, cfg.mode, cfg.edge_sigma, layout.boxes)
+        classes = class_map(index, classes)
         return View(layout.background, image, classes, instances)
 
     def _background(self, scan: int) -> np.ndarray:

@@ -28,8 +28,9 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from multiprocessing.pool import Pool
+from multiprocessing.pool import AsyncResult
 from pathlib import Path
+from typing import Any
 
 import click
 import cv2
@@ -209,13 +210,43 @@ def remove_partial(out: Path, shards: list[int]) -> None:
 def run(job: Job, todo: list[int], workers: int) -> None:
     total = len(todo) * job.cfg.samples_per_shard
     with tqdm(total=total, unit="sample", desc="render", smoothing=0.05) as bar:
-        if workers <= 1 or len(todo) == 1:
-            cv2.setNumThreads(1)  # same per-process work as a pool worker: fair 1-vs-N timings
-            composer = Composer(job.cfg, job.fg, job.bg)
-            for k in todo:
-                render_shard(composer, job, k, bar.update)
-        else:
-            _run_pool(job, todo, min(workers, len(todo)), bar.update)
+        render_shards(job, todo, workers, bar.update)
+
+
+def render_shards(
+    job: Job, todo: list[int], workers: int, progress: Callable[[int], object]
+) -> None:
+    """Render the shards `todo` in `workers` processes, this one included.
+
+    This process renders from the start while `workers - 1` helpers start up (about half a
+    second each: a fresh interpreter importing OpenCV and numpy); every process claims the next
+    shard when it finishes one, so the start-up delays a helper's first shard, not the render.
+    """
+    workers = min(workers, len(todo))
+    cv2.setNumThreads(1)  # parallelism comes from processes; threads would oversubscribe
+    if workers <= 1:
+        composer = Composer(job.cfg, job.fg, job.bg)
+        for k in todo:
+            render_shard(composer, job, k, progress)
+        return
+    with helper_pool(job, todo, workers - 1) as (helpers, claim, counts):
+        # The helpers are starting; build this process's composer meanwhile.
+        composer = Composer(job.cfg, job.fg, job.bg)
+
+        def relay(n: int) -> None:
+            progress(n)
+            _drain(counts, progress, timeout=0.0)
+
+        while (i := claim()) is not None:
+            render_shard(composer, job, todo[i], relay)
+            for result in helpers:
+                if result.ready():
+                    result.get()  # re-raises a helper's error here
+        while not all(result.ready() for result in helpers):
+            _drain(counts, progress, timeout=0.2)
+        for result in helpers:
+            result.get()
+        _drain(counts, progress, timeout=0.0)
 
 
 def render_shard(
@@ -261,54 +292,55 @@ def _cpus() -> int:
     return os.cpu_count() or 1
 
 
-# One composer per worker process, built once by the pool initializer.
+# One composer per helper process, built once by the pool initializer.
 _WORKER: dict = {}
 
 
-def _init_worker(job_file: str, progress: mp.Queue) -> None:
+def _init_worker(job_file: str, progress: mp.Queue, counter: Any) -> None:
     cv2.setNumThreads(1)  # parallelism comes from processes; threads would oversubscribe
     with open(job_file, "rb") as f:
-        job = pickle.load(f)
-    _WORKER.update(job=job, composer=Composer(job.cfg, job.fg, job.bg), progress=progress)
+        job, todo = pickle.load(f)
+    composer = Composer(job.cfg, job.fg, job.bg)
+    _WORKER.update(job=job, todo=todo, composer=composer, progress=progress, counter=counter)
 
 
-def _render_task(shard: int) -> None:
-    render_shard(_WORKER["composer"], _WORKER["job"], shard, _WORKER["progress"].put)
+def _help() -> None:
+    """A helper's one task: render shards until none is left to claim."""
+    w = _WORKER
+    while (i := _claim(w["counter"], len(w["todo"]))) is not None:
+        render_shard(w["composer"], w["job"], w["todo"][i], w["progress"].put)
 
 
-def _run_pool(job: Job, todo: list[int], workers: int, progress: Callable[[int], object]) -> None:
-    with worker_pool(job, workers) as (pool, counts):
-        _collect(pool, todo, progress, counts)
+def _claim(counter: Any, total: int) -> int | None:
+    """The next unclaimed position in the shard list, shared by every process; None when done."""
+    with counter.get_lock():
+        i = counter.value
+        if i >= total:
+            return None
+        counter.value = i + 1
+        return i
 
 
 @contextmanager
-def worker_pool(job: Job, workers: int) -> Iterator[tuple[Pool, mp.Queue]]:
-    """A pool of `workers` processes, each holding `job` and a composer, and their progress queue."""
+def helper_pool(
+    job: Job, todo: list[int], helpers: int
+) -> Iterator[tuple[list[AsyncResult], Callable[[], int | None], mp.Queue]]:
+    """`helpers` processes rendering shards of `todo` as they claim them: (their results, this
+    process's claim function, their progress queue). Leaving the block stops them."""
     # spawn: no fork of a parent holding OpenCV/tqdm threads; the same on Linux and macOS.
     ctx = mp.get_context("spawn")
-    counts = ctx.Queue()
+    counts, counter = ctx.Queue(), ctx.Value("q", 0)
     # The job (mostly segment pixels, ~20 MB on the demo) travels by file, not as an initarg:
     # spawn writes initargs down each child's pipe and blocks until that child has imported its
-    # modules, so the workers would start one after another instead of together.
+    # modules, so the helpers would start one after another instead of together.
     with tempfile.TemporaryDirectory(prefix="synth-render-") as tmp:
         job_file = os.path.join(tmp, "job.pickle")
         with open(job_file, "wb") as f:
-            pickle.dump(job, f, protocol=pickle.HIGHEST_PROTOCOL)
-        with ctx.Pool(workers, initializer=_init_worker, initargs=(job_file, counts)) as pool:
-            yield pool, counts
-
-
-def _collect(
-    pool: Pool, todo: list[int], progress: Callable[[int], object], counts: mp.Queue
-) -> None:
-    """Queue every shard on `pool` and wait for all, relaying progress; re-raises a worker's error."""
-    pending = [pool.apply_async(_render_task, (k,)) for k in todo]
-    while pending:
-        _drain(counts, progress, timeout=0.2)
-        for result in [r for r in pending if r.ready()]:
-            result.get()  # re-raises a worker's error here
-            pending.remove(result)
-    _drain(counts, progress, timeout=0.0)
+            pickle.dump((job, todo), f, protocol=pickle.HIGHEST_PROTOCOL)
+        initargs = (job_file, counts, counter)
+        with ctx.Pool(helpers, initializer=_init_worker, initargs=initargs) as pool:
+            results = [pool.apply_async(_help) for _ in range(helpers)]
+            yield results, lambda: _claim(counter, len(todo)), counts
 
 
 def _drain(counts: mp.Queue, progress: Callable[[int], object], timeout: float) -> None:
@@ -362,7 +394,7 @@ def write_manifests(job: Job, start: int, stop: int) -> Path:
     type=click.IntRange(min=1),
     default=lambda: _cpus(),
     show_default="available CPUs",
-    help="Worker processes, each rendering whole shards.",
+    help="Processes rendering whole shards, this one included.",
 )
 @click.option("--shard-range", metavar="A:B", help="Render only shards A..B-1 (fan-out).")
 @click.option(

@@ -52,7 +52,7 @@ def range_manifest_name(start: int, stop: int) -> str:
 @dataclass(frozen=True)
 class View:
     background: str  # file name of the background scan
-    image: np.ndarray  # SxSx3 uint8 RGB
+    image: np.ndarray  # SxSx3 uint8 BGR: OpenCV's order, which its JPEG encoder takes
     classes: np.ndarray  # SxS uint8 class map
     instances: list[dict[str, Any]]  # from `instance_records`, ids 0..n-1 in paste order
 
@@ -68,15 +68,18 @@ def instance_records(
     SxSxn uint8 0/1 in Fortran order, so pycocotools encodes them all in one call, without a copy.
     """
     rles = mask_utils.encode(masks)
-    boxes, areas = mask_utils.toBbox(rles), mask_utils.area(rles)
+    # Whole arrays to Python ints at once: per-element int() costs add up over many samples.
+    boxes = mask_utils.toBbox(rles).astype(np.int64).tolist()
+    areas, visible = mask_utils.area(rles).tolist(), visible.tolist()
+    size = [int(v) for v in masks.shape[:2]]
     return [
         {
             "id": i,
             "class": int(classes[i]),
-            "bbox": [int(v) for v in boxes[i]],
-            "area": int(areas[i]),
-            "visible_area": int(visible[i]),
-            "rle": {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")},
+            "bbox": boxes[i],
+            "area": areas[i],
+            "visible_area": visible[i],
+            "rle": {"size": list(size), "counts": rle["counts"].decode("ascii")},
             "source": sources[i],
             "transform": transforms[i],
         }
@@ -106,11 +109,7 @@ def encode_sample(
     }
     members = {"json": json.dumps(meta, sort_keys=True, separators=(",", ":")).encode("utf-8")}
     for i, view in enumerate(views):
-        members[f"v{i}.jpg"] = _encode(
-            ".jpg",
-            cv2.cvtColor(view.image, cv2.COLOR_RGB2BGR),
-            [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality],
-        )
+        members[f"v{i}.jpg"] = _encode(".jpg", view.image, [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality])
         members[f"v{i}.seg.png"] = _encode(
             ".png", view.classes, [cv2.IMWRITE_PNG_COMPRESSION, png_level]
         )
@@ -176,25 +175,31 @@ class TarWriter:
             self.offset += len(data)
 
 
+# A ustar header is the member's name, its size and constant fields: mode 0644, uid/gid 0,
+# mtime 0, regular file, no link, "ustar\000" magic, no owner names, devices or prefix.
+_HEAD_MODE_TO_GID = b"0000644\0" + b"0000000\0" + b"0000000\0"
+_HEAD_MTIME = b"00000000000\0"
+_HEAD_REST = b"0" + bytes(100) + b"ustar\x0000" + bytes(32 + 32 + 8 + 8 + 155 + 12)
+# The checksum is the byte sum with its own field counted as 8 spaces: the constant part once.
+_HEAD_CONSTANT_SUM = sum(_HEAD_MODE_TO_GID) + sum(_HEAD_MTIME) + 8 * 32 + sum(_HEAD_REST)
+
+
 def ustar_header(name: str, size: int) -> bytes:
     raw = name.encode("ascii")
     if len(raw) > 100:
         raise ValueError(f"tar member name longer than 100 bytes: {name!r}")
-    fields = (
-        raw.ljust(100, b"\0"),
-        b"0000644\0",  # mode
-        b"0000000\0",  # uid
-        b"0000000\0",  # gid
-        b"%011o\0" % size,
-        b"00000000000\0",  # mtime
-        b" " * 8,  # checksum, counted as spaces while summing
-        b"0",  # regular file
-        bytes(100),  # link name
-        b"ustar\x0000",  # magic and version
-        bytes(32 + 32 + 8 + 8 + 155),  # owner names, device numbers, name prefix
+    size_field = b"%011o\0" % size
+    checksum = _HEAD_CONSTANT_SUM + sum(raw) + sum(size_field)
+    return b"".join(
+        (
+            raw.ljust(100, b"\0"),
+            _HEAD_MODE_TO_GID,
+            size_field,
+            _HEAD_MTIME,
+            b"%06o\0 " % checksum,
+            _HEAD_REST,
+        )
     )
-    head = b"".join(fields).ljust(BLOCK, b"\0")
-    return head[:148] + b"%06o\0" % sum(head) + head[155:]
 
 
 def file_sha256(path: Path) -> str:

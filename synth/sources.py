@@ -254,7 +254,7 @@ def probe_scan(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> ScanInfo:
 
 
 def load_background(path: Path, canvas: int, info: ScanInfo | None = None) -> np.ndarray:
-    """HxWx3 uint8 scan resized so its short side is `canvas` (the renderer crops a square)."""
+    """HxWx3 uint8 BGR scan resized so its short side is `canvas` (the renderer crops a square)."""
     scan = decode_scan(path, canvas, info)
     height, width = scan.shape[:2]
     f = canvas / min(height, width)
@@ -275,7 +275,8 @@ _REDUCED = (
 
 
 def decode_scan(path: Path, canvas: int, info: ScanInfo | None = None) -> np.ndarray:
-    """HxWx3 uint8 RGB scan, at least `canvas` px on its short side.
+    """HxWx3 uint8 scan in BGR order (OpenCV's, which the renderer works in), at least `canvas`
+    px on its short side.
 
     8-bit JPEGs (SIXray's format) decode through OpenCV at the smallest 1/2^k scale that keeps the
     short side >= `canvas`; every other file goes through `read_rgb`, which handles all modes.
@@ -283,18 +284,20 @@ def decode_scan(path: Path, canvas: int, info: ScanInfo | None = None) -> np.nda
     """
     info = info or probe_scan(path)
     if not info.jpeg:
-        return read_rgb(path)
+        return _bgr(read_rgb(path))
     flag = next(fl for f, fl in _REDUCED if min(info.width, info.height) // f >= canvas or f == 1)
     try:
         buf = np.fromfile(path, np.uint8)
     except OSError:
-        return read_rgb(path)  # raises the error that names the file
+        return _bgr(read_rgb(path))  # raises the error that names the file
     # OpenCV fills a truncated JPEG with grey and only warns: such files (no end-of-image
     # marker last) go to PIL, which refuses them, or reads them if the marker is just not last.
     bgr = cv2.imdecode(buf, flag | cv2.IMREAD_IGNORE_ORIENTATION) if _ends_jpeg(buf) else None
-    if bgr is None:
-        return read_rgb(path)
-    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    return _bgr(read_rgb(path)) if bgr is None else bgr
+
+
+def _bgr(rgb: np.ndarray) -> np.ndarray:
+    return cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
 
 
 def _ends_jpeg(buf: np.ndarray) -> bool:

@@ -4,6 +4,7 @@ import pytest
 
 from synth.compose import (
     Placed,
+    boxes,
     class_map,
     clip,
     composite,
@@ -11,16 +12,16 @@ from synth.compose import (
     index_map,
     log_transmission,
     object_transmission,
-    tighten,
     visible_areas,
 )
 from synth.sources import _cut
+from synth.transforms import tighten
 
 SIZE = 40
 
 
 def full_mask(mask: np.ndarray, x: int, y: int, size: int) -> np.ndarray:
-    return full_masks([mask], [(x, y)], size)[..., 0].astype(bool)
+    return full_masks([mask], boxes([mask], [(x, y)], size), size)[..., 0].astype(bool)
 
 
 def _disc(h: int, w: int, r: float) -> np.ndarray:
@@ -99,9 +100,10 @@ def test_hard_overwrites_and_alpha_blends():
 def test_labels_follow_the_topmost_instance_and_clip_at_edges():
     square = np.ones((10, 10), dtype=bool)
     masks, offsets = [square, square, square], [(0, 0), (5, 5), (SIZE - 4, -3)]
-    index = index_map(masks, offsets, SIZE)
+    where = boxes(masks, offsets, SIZE)
+    index = index_map(masks, where, SIZE)
     assert index[2, 2] == 1 and index[7, 7] == 2 and index[0, SIZE - 1] == 3 and index[20, 20] == 0
-    np.testing.assert_array_equal(visible_areas(index, masks, offsets), [100 - 25, 100, 4 * 7])
+    np.testing.assert_array_equal(visible_areas(index, where), [100 - 25, 100, 4 * 7])
     classes = class_map(index, [4, 2, 9])
     assert classes[7, 7] == 2 and classes[2, 2] == 4 and classes[20, 20] == 0
     assert full_mask(square, SIZE - 4, -3, SIZE).sum() == 28
@@ -128,5 +130,6 @@ def test_pasting_the_tight_box_changes_nothing():
             composite(background, [tight], "multiply", edge_sigma=1.0),
         )
         np.testing.assert_array_equal(
-            index_map([mask], [(x, y)], SIZE), index_map([tight_mask], [(x + dx, y + dy)], SIZE)
+            index_map([mask], boxes([mask], [(x, y)], SIZE), SIZE),
+            index_map([tight_mask], boxes([tight_mask], [(x + dx, y + dy)], SIZE), SIZE),
         )

@@ -1,3 +1,4 @@
+import io
 import json
 import shutil
 from pathlib import Path
@@ -8,9 +9,11 @@ import pytest
 import webdataset as wds
 import yaml
 from click.testing import CliRunner
+from PIL import Image
 
 import synth.render as render
 from segloc.errors import UserError
+from synth.inspect import iter_samples
 from synth.shards import file_sha256, read_manifest
 
 from .conftest import CLASSES, make_tiny_data
@@ -74,6 +77,19 @@ def test_round_trip_through_webdataset(rendered):
     )
     for shard in manifest["shards"]:
         assert file_sha256(rendered / shard["name"]) == shard["sha256"]
+
+
+def test_views_keep_the_backgrounds_colours(rendered):
+    """The test backgrounds are tinted blue (R:G:B = 0.8:0.9:1); a view, decoded to RGB, is too
+    where nothing is pasted: the renderer works in OpenCV's BGR, and must not swap channels."""
+    for _, members in iter_samples(rendered / "train-000000.tar"):
+        for v in range(2):
+            bgr = cv2.imdecode(np.frombuffer(members[f"v{v}.jpg"], np.uint8), cv2.IMREAD_COLOR)
+            rgb = np.asarray(Image.open(io.BytesIO(members[f"v{v}.jpg"])).convert("RGB"))
+            np.testing.assert_array_equal(rgb, bgr[..., ::-1])
+            seg = cv2.imdecode(np.frombuffer(members[f"v{v}.seg.png"], np.uint8), -1)
+            r, g, b = rgb[seg == 0].astype(float).mean(0)
+            assert r < g < b and 0.75 < r / b < 0.85
 
 
 def test_same_bytes_whatever_workers_and_ranges(inputs, rendered, tmp_path):
@@ -216,13 +232,15 @@ def test_unsatisfiable_visibility_is_a_user_error(inputs, tmp_path):
     assert not list((tmp_path / "o").glob("*.tar"))
 
 
-def test_a_background_failing_its_full_decode_stops_the_render(tmp_path):
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_background_failing_its_full_decode_stops_the_render(tmp_path, workers):
+    """In this process or in a helper (whose error is re-raised here), the render stops."""
     params = make_tiny_data(tmp_path / "in")
     folder = Path(yaml.safe_load(params.read_text())["data"]["background"]["images"])
     data = (folder / "N00002.jpg").read_bytes()
     (folder / "N00002.jpg").write_bytes(data[: len(data) // 2])  # header fine, data truncated
     with pytest.raises(UserError, match=r"N00002.jpg: cannot decode image.*while rendering"):
-        render.main(tmp_path / "out", params, workers=1)
+        render.main(tmp_path / "out", params, workers=workers)
     assert not (tmp_path / "out" / "manifest.json").exists()
     records = {p.stem for p in (tmp_path / "out" / ".records").glob("*.json")}
     assert {p.stem for p in (tmp_path / "out").glob("*.tar")} == records  # only finished shards

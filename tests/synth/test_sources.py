@@ -109,7 +109,7 @@ def test_large_segments_are_stored_shrunk(tiny_params):
         assert seg.pixels.shape[:2] == seg.mask.shape
 
 
-def test_decode_scan_matches_read_rgb(tmp_path):
+def test_decode_scan_is_read_rgb_in_bgr_order(tmp_path):
     rng = np.random.default_rng(1)
     base = cv2.GaussianBlur(rng.random((240, 320, 3)).astype(np.float32), (0, 0), 3)
     rgb = (base / base.max() * 255).astype(np.uint8)
@@ -118,12 +118,12 @@ def test_decode_scan_matches_read_rgb(tmp_path):
     Image.fromarray(rgb).save(tmp_path / "lossless.png")
     full = decode_scan(tmp_path / "big.jpg", canvas=200)
     assert full.shape == (240, 320, 3)
-    assert np.abs(full.astype(int) - read_rgb(tmp_path / "big.jpg")).mean() < 2
+    assert np.abs(full.astype(int) - read_rgb(tmp_path / "big.jpg")[..., ::-1]).mean() < 2
     assert decode_scan(tmp_path / "big.jpg", canvas=70).shape == (120, 160, 3)  # 1/2 scale
     assert decode_scan(tmp_path / "big.jpg", canvas=60).shape == (60, 80, 3)  # 1/4 scale
     grey = decode_scan(tmp_path / "grey.jpg", canvas=60)
     assert (grey[..., 0] == grey[..., 2]).all()
-    np.testing.assert_array_equal(decode_scan(tmp_path / "lossless.png", canvas=60), rgb)
+    np.testing.assert_array_equal(decode_scan(tmp_path / "lossless.png", canvas=60), rgb[..., ::-1])
     (tmp_path / "bad.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
     with pytest.raises(UserError, match="bad.jpg"):
         decode_scan(tmp_path / "bad.jpg", canvas=60)

@@ -5,7 +5,15 @@ import numpy as np
 import pytest
 
 from synth.config import SynthConfig
-from synth.transforms import Transform, affine, draw_transform, stack, warp
+from synth.transforms import (
+    Transform,
+    affine,
+    draw_transform,
+    stack,
+    tighten,
+    warp,
+    warp_tight,
+)
 
 
 def _crop(h: int = 20, w: int = 36) -> tuple[np.ndarray, np.ndarray]:
@@ -132,3 +140,30 @@ def test_a_sliver_that_shrinks_to_nothing_leaves_no_mask():
     mask[100, 100] = True
     out, out_mask = warp(stack(pixels, mask), Transform(0.01, 0.0, False, 1.0))
     assert out_mask.shape == out.shape[:2] and not out_mask.any()
+
+
+def test_the_tight_warp_is_the_warp_cut_to_its_mask():
+    """`warp_tight` converts colour on the mask's box alone; it must equal `warp` then `tighten`,
+    byte for byte, whatever the scale (shrinking included) and for a mask that vanishes."""
+    rng = np.random.default_rng(3)
+    cases = [
+        (h, w, *rng.uniform([0.3, 0.1, -180], [1.2, 2.5, 180]))
+        for h, w in rng.integers(3, 50, (40, 2))
+    ]
+    for h, w, radius, scale, angle in cases:
+        pixels = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        yy, xx = np.mgrid[:h, :w]
+        mask = ((yy - h / 2) / (h / 2)) ** 2 + ((xx - w / 2) / (w / 2)) ** 2 <= radius
+        t = Transform(float(scale), float(angle), bool(rng.random() < 0.5), 1.0)
+        full_pixels, full_mask = warp(stack(pixels, mask), t, outside=False)
+        ref = tighten(full_pixels, full_mask)
+        out = warp_tight(stack(pixels, mask), t)
+        np.testing.assert_array_equal(out[0], ref[0])
+        np.testing.assert_array_equal(out[1], ref[1])
+        assert out[2:4] == ref[2:4] and out[4] == full_mask.shape
+    sliver = np.zeros((200, 200), bool)
+    sliver[100, 100] = True
+    pixels, mask, dx, dy, shape = warp_tight(
+        stack(np.zeros((200, 200, 3), np.uint8), sliver), Transform(0.01, 0.0, False, 1.0)
+    )
+    assert pixels.shape == (0, 0, 3) and mask.shape == (0, 0) and shape == (2, 2)
