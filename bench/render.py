@@ -1,6 +1,6 @@
 """Renderer throughput against the codec floor, worker scaling, and memory against shard count.
 
-    .venv/bin/python bench/render.py                          # synthetic inputs made in a temp dir
+    .venv/bin/python bench/render.py                          # synthetic SIXray-sized inputs (temp dir)
     .venv/bin/python bench/render.py --params params.yaml     # the data params.yaml points at
     .venv/bin/python bench/render.py --samples 1024 --canvas 192
 
@@ -48,11 +48,13 @@ from synth.sources import decode_scan  # noqa: E402
 CLASSES = ["Baton", "Pliers", "Hammer", "Knife"]
 
 
-def make_inputs(root: Path, rng: np.random.Generator, canvas: int) -> Path:
-    """A SIXray/PIDray-shaped set: 64 scans 480x360 JPEG, 24 labeled scans with 3 objects each."""
+def make_inputs(root: Path, rng: np.random.Generator, canvas: int, scans: int) -> Path:
+    """A SIXray/PIDray-shaped set: `scans` scans 480x360 JPEG, 24 labeled scans with 3 objects
+    each. With as many scans as a short render draws, its background cache mostly misses, as it
+    would on SIXray's million scans."""
     bg = root / "sixray" / "JPEGImage"
     bg.mkdir(parents=True)
-    for i in range(64):
+    for i in range(scans):
         Image.fromarray(_scan(rng, 360, 480)).save(bg / f"N{i:05d}.jpg", quality=90)
     fg = root / "pidray"
     (fg / "train").mkdir(parents=True)
@@ -177,8 +179,9 @@ def time_startup(job: render.Job) -> float:
     """Wall time until a helper has started, loaded the job and built its composer: the delay
     before its first shard (given no shards, it returns as soon as it is ready)."""
     start = time.perf_counter()
-    with render.helper_pool(job, [], 1) as (results, _, _):
-        results[0].get()
+    with render.helpers(job, [], 1) as team:
+        while not team.finished:
+            team.poll(lambda n: None, timeout=0.01)
         return time.perf_counter() - start
 
 
@@ -232,10 +235,15 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=512)
     parser.add_argument("--per-shard", type=int, default=64)
     parser.add_argument("--canvas", type=int, default=160, help="canvas of the synthetic inputs")
+    parser.add_argument(
+        "--scans", type=int, default=1024, help="number of synthetic background scans"
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        params = args.params or make_inputs(tmp / "in", np.random.default_rng(0), args.canvas)
+        params = args.params or make_inputs(
+            tmp / "in", np.random.default_rng(0), args.canvas, args.scans
+        )
         job = prepare(params, tmp / "r1", args.samples, args.per_shard)
         n = job.cfg.num_shards * job.cfg.samples_per_shard
         print(

@@ -24,11 +24,12 @@ import pickle
 import queue
 import re
 import tempfile
+import traceback
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from multiprocessing.pool import AsyncResult
+from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any
 
@@ -221,6 +222,7 @@ def render_shards(
     This process renders from the start while `workers - 1` helpers start up (about half a
     second each: a fresh interpreter importing OpenCV and numpy); every process claims the next
     shard when it finishes one, so the start-up delays a helper's first shard, not the render.
+    A helper's error is raised here; so is its death (say, killed for memory), instead of a hang.
     """
     workers = min(workers, len(todo))
     cv2.setNumThreads(1)  # parallelism comes from processes; threads would oversubscribe
@@ -229,24 +231,18 @@ def render_shards(
         for k in todo:
             render_shard(composer, job, k, progress)
         return
-    with helper_pool(job, todo, workers - 1) as (helpers, claim, counts):
+    with helpers(job, todo, workers - 1) as team:
         # The helpers are starting; build this process's composer meanwhile.
         composer = Composer(job.cfg, job.fg, job.bg)
 
         def relay(n: int) -> None:
             progress(n)
-            _drain(counts, progress, timeout=0.0)
+            team.poll(progress, timeout=0.0)
 
-        while (i := claim()) is not None:
+        while (i := team.claim()) is not None:
             render_shard(composer, job, todo[i], relay)
-            for result in helpers:
-                if result.ready():
-                    result.get()  # re-raises a helper's error here
-        while not all(result.ready() for result in helpers):
-            _drain(counts, progress, timeout=0.2)
-        for result in helpers:
-            result.get()
-        _drain(counts, progress, timeout=0.0)
+        while not team.finished:
+            team.poll(progress, timeout=0.2)
 
 
 def render_shard(
@@ -292,23 +288,36 @@ def _cpus() -> int:
     return os.cpu_count() or 1
 
 
-# One composer per helper process, built once by the pool initializer.
-_WORKER: dict = {}
+_DONE = "done"  # a helper's last message when it found no shard left to claim
 
 
-def _init_worker(job_file: str, progress: mp.Queue, counter: Any) -> None:
-    cv2.setNumThreads(1)  # parallelism comes from processes; threads would oversubscribe
-    with open(job_file, "rb") as f:
-        job, todo = pickle.load(f)
-    composer = Composer(job.cfg, job.fg, job.bg)
-    _WORKER.update(job=job, todo=todo, composer=composer, progress=progress, counter=counter)
+@dataclass(frozen=True)
+class _Failure:
+    """A helper's error, sent to this process to be raised there."""
+
+    error: BaseException | None  # the error itself if it pickles
+    text: str  # its traceback
 
 
-def _help() -> None:
-    """A helper's one task: render shards until none is left to claim."""
-    w = _WORKER
-    while (i := _claim(w["counter"], len(w["todo"]))) is not None:
-        render_shard(w["composer"], w["job"], w["todo"][i], w["progress"].put)
+def _helper(job_file: str, events: mp.Queue, counter: Any) -> None:
+    """A helper process: load the job, then render shards until none is left to claim, sending
+    progress counts, then `_DONE` or a `_Failure`."""
+    try:
+        cv2.setNumThreads(1)  # parallelism comes from processes; threads would oversubscribe
+        with open(job_file, "rb") as f:
+            job, todo = pickle.load(f)
+        composer = Composer(job.cfg, job.fg, job.bg)
+        while (i := _claim(counter, len(todo))) is not None:
+            render_shard(composer, job, todo[i], events.put)
+    except BaseException as err:  # noqa: BLE001 - every failure goes back to the main process
+        text = traceback.format_exc()
+        try:
+            pickle.dumps(err)
+        except Exception:  # noqa: BLE001 - an error that cannot travel goes as text alone
+            err = None
+        events.put(_Failure(err, text))
+        raise SystemExit(1) from None
+    events.put(_DONE)
 
 
 def _claim(counter: Any, total: int) -> int | None:
@@ -321,35 +330,82 @@ def _claim(counter: Any, total: int) -> int | None:
         return i
 
 
+@dataclass
+class Helpers:
+    """Helper processes rendering the shards of a list as they claim them (see `helpers`)."""
+
+    processes: list[BaseProcess]
+    events: mp.Queue  # progress counts, then `_DONE` or a `_Failure`, from every helper
+    counter: Any  # next unclaimed position in the shard list, shared
+    total: int  # length of the shard list
+    done: int = 0
+
+    def claim(self) -> int | None:
+        """For this process: the next unclaimed position in the shard list, or None."""
+        return _claim(self.counter, self.total)
+
+    @property
+    def finished(self) -> bool:
+        return self.done == len(self.processes)
+
+    def poll(self, progress: Callable[[int], object], timeout: float) -> None:
+        """Relay the helpers' progress (waiting up to `timeout` s for the first message); raise a
+        helper's error, or a `UserError` if one died without saying why."""
+        self._drain(progress, timeout)
+        dead = [p for p in self.processes if p.exitcode not in (None, 0)]
+        if dead:
+            self._drain(progress, 0.0)  # a helper's messages are all sent before it exits
+            raise UserError(
+                f"a render helper (pid {dead[0].pid}) died with exit code {dead[0].exitcode} "
+                "(killed for lack of memory?); finished shards are kept: re-run to render the "
+                "rest, with fewer --workers if memory is short"
+            )
+
+    def _drain(self, progress: Callable[[int], object], timeout: float) -> None:
+        try:
+            event = self.events.get(timeout=timeout) if timeout else self.events.get_nowait()
+            while True:
+                if isinstance(event, _Failure):
+                    if event.error is not None:
+                        raise event.error
+                    raise RuntimeError(f"a render helper failed:\n{event.text}")
+                if event == _DONE:
+                    self.done += 1
+                else:
+                    progress(event)
+                event = self.events.get_nowait()
+        except queue.Empty:
+            pass
+
+
 @contextmanager
-def helper_pool(
-    job: Job, todo: list[int], helpers: int
-) -> Iterator[tuple[list[AsyncResult], Callable[[], int | None], mp.Queue]]:
-    """`helpers` processes rendering shards of `todo` as they claim them: (their results, this
-    process's claim function, their progress queue). Leaving the block stops them."""
+def helpers(job: Job, todo: list[int], count: int) -> Iterator[Helpers]:
+    """`count` helper processes rendering shards of `todo` as they claim them; leaving the block
+    stops any still running."""
     # spawn: no fork of a parent holding OpenCV/tqdm threads; the same on Linux and macOS.
     ctx = mp.get_context("spawn")
-    counts, counter = ctx.Queue(), ctx.Value("q", 0)
-    # The job (mostly segment pixels, ~20 MB on the demo) travels by file, not as an initarg:
-    # spawn writes initargs down each child's pipe and blocks until that child has imported its
+    events, counter = ctx.Queue(), ctx.Value("q", 0)
+    # The job (mostly segment pixels, ~20 MB on the demo) travels by file, not as an argument:
+    # spawn writes arguments down each child's pipe and blocks until that child has imported its
     # modules, so the helpers would start one after another instead of together.
     with tempfile.TemporaryDirectory(prefix="synth-render-") as tmp:
         job_file = os.path.join(tmp, "job.pickle")
         with open(job_file, "wb") as f:
             pickle.dump((job, todo), f, protocol=pickle.HIGHEST_PROTOCOL)
-        initargs = (job_file, counts, counter)
-        with ctx.Pool(helpers, initializer=_init_worker, initargs=initargs) as pool:
-            results = [pool.apply_async(_help) for _ in range(helpers)]
-            yield results, lambda: _claim(counter, len(todo)), counts
-
-
-def _drain(counts: mp.Queue, progress: Callable[[int], object], timeout: float) -> None:
-    try:
-        progress(counts.get(timeout=timeout) if timeout else counts.get_nowait())
-        while True:
-            progress(counts.get_nowait())
-    except queue.Empty:
-        pass
+        processes = [
+            ctx.Process(target=_helper, args=(job_file, events, counter), daemon=True)
+            for _ in range(count)
+        ]
+        try:
+            for process in processes:
+                process.start()
+            yield Helpers(processes, events, counter, len(todo))
+        finally:
+            for process in processes:
+                if process.is_alive():
+                    process.terminate()
+            for process in processes:
+                process.join()
 
 
 def write_manifests(job: Job, start: int, stop: int) -> Path:

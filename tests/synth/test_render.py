@@ -1,6 +1,8 @@
 import io
 import json
+import os
 import shutil
+import signal
 from pathlib import Path
 
 import cv2
@@ -12,7 +14,9 @@ from click.testing import CliRunner
 from PIL import Image
 
 import synth.render as render
+from segloc.config import load_data_config
 from segloc.errors import UserError
+from segloc.params import load_params
 from synth.inspect import iter_samples
 from synth.shards import file_sha256, read_manifest
 
@@ -232,13 +236,19 @@ def test_unsatisfiable_visibility_is_a_user_error(inputs, tmp_path):
     assert not list((tmp_path / "o").glob("*.tar"))
 
 
+def _truncated_background(root: Path) -> Path:
+    """Tiny inputs whose N00002.jpg passes the header check but fails its full decode."""
+    params = make_tiny_data(root)
+    folder = Path(yaml.safe_load(params.read_text())["data"]["background"]["images"])
+    data = (folder / "N00002.jpg").read_bytes()
+    (folder / "N00002.jpg").write_bytes(data[: len(data) // 2])
+    return params
+
+
 @pytest.mark.parametrize("workers", [1, 2])
 def test_a_background_failing_its_full_decode_stops_the_render(tmp_path, workers):
     """In this process or in a helper (whose error is re-raised here), the render stops."""
-    params = make_tiny_data(tmp_path / "in")
-    folder = Path(yaml.safe_load(params.read_text())["data"]["background"]["images"])
-    data = (folder / "N00002.jpg").read_bytes()
-    (folder / "N00002.jpg").write_bytes(data[: len(data) // 2])  # header fine, data truncated
+    params = _truncated_background(tmp_path / "in")
     with pytest.raises(UserError, match=r"N00002.jpg: cannot decode image.*while rendering"):
         render.main(tmp_path / "out", params, workers=workers)
     assert not (tmp_path / "out" / "manifest.json").exists()
@@ -256,3 +266,36 @@ def test_temporaries_of_a_killed_run_are_cleaned(inputs, rendered, tmp_path):
     assert not (out / ".tmp-train-000003.tar.abc123").exists()
     assert (out / ".tmp-train-000001.tar.zzz").exists()
     assert _tree(out) == _tree(rendered)
+
+
+def _job(params: Path, out: Path) -> render.Job:
+    loaded = load_params(params)
+    data = load_data_config(loaded)
+    cfg = render.resolve_config(loaded, None, None, False)
+    fg, bg = render.load_inputs(data, cfg)
+    return render.Job(
+        cfg, data, fg, bg, out, render.fingerprint(render._identity(cfg, data, fg, bg))
+    )
+
+
+def _wait(team: render.Helpers) -> None:
+    while not team.finished:
+        team.poll(lambda n: None, timeout=0.1)
+
+
+def test_a_helpers_error_is_raised_in_the_main_process(tmp_path):
+    params = _truncated_background(tmp_path / "in")
+    job = _job(params, tmp_path / "out")
+    # This process claims no shard here, so the helper meets the broken background.
+    with render.helpers(job, [0, 1, 2, 3], 1) as team:
+        with pytest.raises(UserError, match=r"N00002.jpg: cannot decode image.*while rendering"):
+            _wait(team)
+
+
+def test_a_helper_killed_mid_render_is_an_error_not_a_hang(inputs, tmp_path):
+    with render.helpers(_job(inputs, tmp_path / "out"), [0, 1, 2, 3], 1) as team:
+        helper = team.processes[0]
+        os.kill(helper.pid, signal.SIGKILL)  # as the kernel's out-of-memory killer would
+        helper.join()
+        with pytest.raises(UserError, match=r"died with exit code -9.*re-run"):
+            _wait(team)
