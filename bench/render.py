@@ -7,11 +7,12 @@
 Figures, all measured in this run on this machine:
 - renderer throughput (1 process, CPU time) vs the codec floor: the same number of samples' worth
   of background decodes (2 per sample, with the renderer's decoder `synth.sources.decode_scan`)
-  plus 2 JPEG + 2 PNG encodes at canvas size (cv2, same quality and level). Target ratio >= 0.5.
-  Also shown: the stricter encode-only floor (each background decoded once, as with a warm cache).
-  Measured twice: on `--samples` (a short render: the renderer's background cache starts cold
-  and mostly misses), and on the default render size below, where the cache serves the repeats
-  that the floor decodes again.
+  plus 2 JPEG + 2 PNG encodes of the rendered views (the renderer's `synth.shards` encoders). Target ratio
+  >= 0.5. Also shown: the stricter encode-only floor (each background decoded once, as with a
+  warm cache). Renderer and floor are timed shard by shard, each floor right after its shard, in
+  three runs; the median ratio and the range are printed. Measured twice: on `--samples` (a short
+  render: the renderer's background cache starts cold and mostly misses), and on the default
+  render size below, where the cache serves the repeats that the floor decodes again.
 - 2 workers vs 1 (wall time of the render phase as `synth render --workers N` runs it: this
   process and N - 1 helpers, start-up included; best of two interleaved) on the dataset size the
   params give (`synth.num_shards` x `synth.samples_per_shard`: what `synth render` renders by
@@ -42,8 +43,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from segloc.config import load_data_config  # noqa: E402
 from segloc.params import load_params  # noqa: E402
 from synth import render  # noqa: E402
+from synth.config import SynthConfig  # noqa: E402
 from synth.inspect import iter_samples  # noqa: E402
-from synth.sources import decode_scan  # noqa: E402
+from synth.shards import encode_image, encode_labels  # noqa: E402
+from synth.sources import ScanInfo, decode_scan  # noqa: E402
 
 CLASSES = ["Baton", "Pliers", "Hammer", "Knife"]
 
@@ -119,48 +122,65 @@ def prepare(params_path: Path, out: Path, samples: int, per_shard: int) -> rende
     return render.Job(cfg, data, fg, bg, out, fp)
 
 
-def time_renderer(job: render.Job) -> float:
-    """CPU seconds for one process to render every shard of `job` (tar writing included).
+def time_ratio(job: render.Job) -> tuple[float, float, float]:
+    """CPU seconds of (renderer, codec floor, encode-only floor) over every shard of `job`.
 
-    CPU time, not wall time: on a shared machine it is what the code costs, whatever else runs.
+    Paired shard by shard: each shard is rendered (one process, tar writing included, fresh
+    composer so the background cache starts cold), then the floor's work for the same samples
+    is timed right after it, so both see the same state of a machine whose speed drifts by tens
+    of percent from one minute to the next. The floor decodes 2 backgrounds per sample with the
+    renderer's decoder, going through the scans in order (the encode-only floor decodes each
+    scan once at most, as a warm cache would), and encodes the shard's rendered views (JPEG and
+    PNG, cv2, same quality and level). CPU time, not wall time: on a shared machine it is what
+    the code costs, whatever else runs.
     """
-    composer = render.Composer(job.cfg, job.fg, job.bg)
+    cfg = job.cfg
+    composer = render.Composer(cfg, job.fg, job.bg)
     cv2.setNumThreads(1)
-    start = time.process_time()
-    for k in range(job.cfg.num_shards):
-        render.render_shard(composer, job, k, lambda n: None)
-    return time.process_time() - start
-
-
-def time_floor(job: render.Job, per_sample_decode: bool) -> float:
-    """CPU seconds to decode the backgrounds and encode 2 JPEG + 2 PNG per sample (rendered content)."""
-    cfg, count = job.cfg, job.cfg.num_shards * job.cfg.samples_per_shard
-    views = _rendered_views(job.out, count)
     scans = [(job.bg.path(i), info) for i, info in enumerate(job.bg.infos)]
-    decodes = 2 * count if per_sample_decode else min(2 * count, len(scans))
+    t_render = t_floor = t_encode = 0.0
+    decoded = 0  # scans the encode-only floor has decoded so far
+    for k in range(cfg.num_shards):
+        start = time.process_time()
+        render.render_shard(composer, job, k, lambda n: None)
+        t_render += time.process_time() - start
+        views = _rendered_views(job.out / render.shard_name(k))
+        first = 2 * k * cfg.samples_per_shard
+        decodes = [scans[i % len(scans)] for i in range(first, first + len(views))]
+        fresh = decodes[: max(0, len(scans) - decoded)]
+        decoded += len(fresh)
+        encode_time = _time_encodes(views, cfg)
+        t_floor += _time_decodes(decodes, cfg.canvas) + encode_time
+        t_encode += _time_decodes(fresh, cfg.canvas) + encode_time
+    return t_render, t_floor, t_encode
+
+
+def _time_decodes(scans: list[tuple[Path, ScanInfo]], canvas: int) -> float:
     start = time.process_time()
-    for i in range(decodes):
-        path, info = scans[i % len(scans)]
-        decode_scan(path, cfg.canvas, info)
-    for image, seg in views:
-        cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, cfg.jpeg_quality])
-        cv2.imencode(".png", seg, [cv2.IMWRITE_PNG_COMPRESSION, cfg.png_compression])
+    for path, info in scans:
+        decode_scan(path, canvas, info)
     return time.process_time() - start
 
 
-def _rendered_views(out: Path, count: int) -> list[tuple[np.ndarray, np.ndarray]]:
+def _time_encodes(views: list[tuple[np.ndarray, np.ndarray]], cfg: SynthConfig) -> float:
+    start = time.process_time()
+    for image, seg in views:
+        encode_image(image, cfg.jpeg_quality)
+        encode_labels(seg, cfg.png_compression)
+    return time.process_time() - start
+
+
+def _rendered_views(shard: Path) -> list[tuple[np.ndarray, np.ndarray]]:
+    """A shard's views as (image, class map) arrays, decoded from its tar."""
     views = []
-    for shard in sorted(out.glob("*.tar")):
-        for _, members in iter_samples(shard):
-            for v in range(2):
-                image = cv2.imdecode(
-                    np.frombuffer(members[f"v{v}.jpg"], np.uint8), cv2.IMREAD_COLOR
-                )
-                seg = cv2.imdecode(
-                    np.frombuffer(members[f"v{v}.seg.png"], np.uint8), cv2.IMREAD_UNCHANGED
-                )
-                views.append((image, seg))
-    return views[: 2 * count]
+    for _, members in iter_samples(shard):
+        for v in range(2):
+            image = cv2.imdecode(np.frombuffer(members[f"v{v}.jpg"], np.uint8), cv2.IMREAD_COLOR)
+            seg = cv2.imdecode(
+                np.frombuffer(members[f"v{v}.seg.png"], np.uint8), cv2.IMREAD_UNCHANGED
+            )
+            views.append((image, seg))
+    return views
 
 
 def time_workers(job: render.Job, workers: int, out: Path) -> float:
@@ -254,20 +274,21 @@ def main() -> None:
 
 
 def print_ratio(job: render.Job, what: str) -> None:
-    """Renderer vs codec floor on `job`, best of three interleaved: on a shared machine the
-    minimum is the least disturbed figure."""
+    """Renderer vs codec floor on `job`: three paired runs, the median ratio and the range."""
     n = job.cfg.num_shards * job.cfg.samples_per_shard
-    runs = [(time_renderer(job), time_floor(job, True), time_floor(job, False)) for _ in range(3)]
-    t_render, t_floor, t_encode = (min(r[i] for r in runs) for i in range(3))
+    runs = [time_ratio(job) for _ in range(3)]
+    floor = sorted(r[1] / r[0] for r in runs)
+    encode = sorted(r[2] / r[0] for r in runs)
+    t_render = sorted(r[0] for r in runs)[1]
     print(f"{what}:")
-    print(f"  renderer (1 process):            {n / t_render:8.1f} samples per CPU-second")
+    print(f"  renderer (1 process):  {n / t_render:6.1f} samples per CPU-second (median of 3)")
     print(
-        f"  codec floor (decode 2 bg + encode 2 JPEG + 2 PNG per sample): {n / t_floor:8.1f} "
-        f"samples per CPU-second -> ratio {t_floor / t_render:.2f} (target >= 0.5)"
+        f"  vs codec floor (decode 2 bg + encode 2 JPEG + 2 PNG per sample): ratio "
+        f"{floor[1]:.2f} (runs {floor[0]:.2f}-{floor[2]:.2f}; target >= 0.5)"
     )
     print(
-        f"  encode-only floor (each bg decoded once):  {n / t_encode:8.1f} samples per "
-        f"CPU-second -> ratio {t_encode / t_render:.2f}"
+        f"  vs encode-only floor (each bg decoded once): ratio {encode[1]:.2f} "
+        f"(runs {encode[0]:.2f}-{encode[2]:.2f})"
     )
 
 

