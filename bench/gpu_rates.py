@@ -15,7 +15,6 @@ and the hours that --steps / --inst-steps steps take at the faster rate.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from dataclasses import replace
@@ -29,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from eval.config import InstanceConfig  # noqa: E402
 from eval.instance import build_maskrcnn  # noqa: E402
 from eval.model import build_model  # noqa: E402
+from segloc.atomic import write_json  # noqa: E402
 
 CLASSES = 12  # PIDray's item classes
 
@@ -199,7 +199,7 @@ def main() -> None:
         "minutes": args.inst_steps * best / 60,
     }
     if args.json:
-        args.json.write_text(json.dumps(out, indent=2) + "\n")
+        write_json(args.json, out)
 
 
 if __name__ == "__main__":

@@ -1,14 +1,14 @@
 """Renderer throughput against the codec floor, worker scaling, and memory against shard count.
 
-    .venv/bin/python bench/render.py                          # synthetic SIXray-sized inputs (temp dir)
+    .venv/bin/python bench/render.py                          # synthetic SIXray-sized inputs
     .venv/bin/python bench/render.py --params params.yaml     # the data params.yaml points at
     .venv/bin/python bench/render.py --samples 1024 --canvas 192
 
 Figures, all measured in this run on this machine:
 - renderer throughput (1 process, CPU time) vs the codec floor: the same number of samples' worth
   of background decodes (2 per sample, with the renderer's decoder `synth.sources.decode_scan`)
-  plus 2 JPEG + 2 PNG encodes of the rendered views (the renderer's `synth.shards` encoders). Target ratio
-  >= 0.5. Also shown: the stricter encode-only floor (each background decoded once, as with a
+  plus 2 JPEG + 2 PNG encodes of the rendered views (the renderer's own `synth.shards`
+  encoders). Target ratio >= 0.5. Also shown: the stricter encode-only floor (each background decoded once, as with a
   warm cache). Renderer and floor are timed shard by shard, each floor right after its shard, in
   three runs; the median ratio and the range are printed. Measured twice: on `--samples` (a short
   render: the renderer's background cache starts cold and mostly misses), and on the default
@@ -130,8 +130,8 @@ def time_ratio(job: render.Job) -> tuple[float, float, float]:
     is timed right after it, so both see the same state of a machine whose speed drifts by tens
     of percent from one minute to the next. The floor decodes 2 backgrounds per sample with the
     renderer's decoder, going through the scans in order (the encode-only floor decodes each
-    scan once at most, as a warm cache would), and encodes the shard's rendered views (JPEG and
-    PNG, cv2, same quality and level). CPU time, not wall time: on a shared machine it is what
+    scan once at most, as a warm cache would), and encodes the shard's rendered views with the
+    renderer's own encoders. CPU time, not wall time: on a shared machine it is what
     the code costs, whatever else runs.
     """
     cfg = job.cfg

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import json
 import statistics
 import sys
 import tempfile
@@ -30,6 +29,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from segloc.atomic import write_json  # noqa: E402
 from train.config import AugmentConfig, Preset, PretrainConfig  # noqa: E402
 from train.data import make_loader, open_shards  # noqa: E402
 from train.loop import build_model, build_optimizer, resolve_device, stream_spec  # noqa: E402
@@ -140,7 +140,7 @@ def main() -> None:
     report(result)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
+        write_json(args.json, result)
 
 
 def report(r: dict) -> None:

@@ -346,11 +346,10 @@ class Composer:
     def _view(self, layout: _Layout, index: np.ndarray, visible: np.ndarray) -> View:
         placed, cfg = layout.placed, self.cfg
         masks = full_masks([p.mask for p in placed], layout.boxes, cfg.canvas)
-        classes = [p.cls for p in placed]
-        instances = instance_records(classes, masks, visible, layout.sources, layout.transforms)
+        ids = [p.cls for p in placed]
+        instances = instance_records(ids, masks, visible, layout.sources, layout.transforms)
         image = composite(layout.image, placed, cfg.mode, cfg.edge_sigma, layout.boxes)
-        classes = class_map(index, classes)
-        return View(layout.background, image, classes, instances)
+        return View(layout.background, image, class_map(index, ids), instances)
 
     def _background(self, scan: int) -> np.ndarray:
         """The scan at canvas scale, from an LRU cache bounded by `background_cache_mb`."""

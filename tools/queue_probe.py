@@ -30,6 +30,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from segloc.atomic import write_json  # noqa: E402
 from segloc.errors import UserError  # noqa: E402
 from segloc.params import from_dict  # noqa: E402
 from train.config import PretrainConfig, resolve_preset  # noqa: E402
@@ -151,7 +152,7 @@ def main() -> None:
         f"negative similarity {result['fresh']['neg_sim']:.3f}"
     )
     if args.json:
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
+        write_json(args.json, result)
 
 
 if __name__ == "__main__":

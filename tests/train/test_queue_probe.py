@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import replace
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -20,6 +21,14 @@ from train.loop import run
 from .conftest import write_shards
 
 CLASSES, DIM, KEYS = 3, 16, 8
+
+
+def _pretrain(shards: Path, out: Path, steps: int) -> None:
+    """A tiny segloc pretraining run into `out`."""
+    cfg = PretrainConfig(
+        steps=steps, batch_size=4, augment=AugmentConfig(crop=64), workers=0, queue_size=96
+    )
+    run(replace(cfg, shuffle_buffer=16), "segloc", shards, out)
 
 
 def _model_with(queue: torch.Tensor) -> SimpleNamespace:
@@ -58,10 +67,7 @@ def test_a_queue_without_fresh_keys_is_refused():
 
 
 def test_probe_runs_on_a_pretraining_run(tiny_shards, tmp_path):
-    cfg = PretrainConfig(
-        steps=2, batch_size=4, augment=AugmentConfig(crop=64), workers=0, queue_size=96
-    )
-    run(replace(cfg, shuffle_buffer=16), "segloc", tiny_shards, tmp_path)
+    _pretrain(tiny_shards, tmp_path, steps=2)
     shards = open_shards(tiny_shards)
     model, cfg, preset, step = load_run(tmp_path, shards)
     assert step == 2 and model.queue.shape[0] == len(shards.classes)
@@ -76,10 +82,7 @@ def test_a_folder_that_is_not_a_run_is_named(tiny_shards, tmp_path):
 
 
 def test_a_run_whose_config_lacks_its_method_is_named(tiny_shards, tmp_path):
-    cfg = PretrainConfig(
-        steps=1, batch_size=4, augment=AugmentConfig(crop=64), workers=0, queue_size=96
-    )
-    run(replace(cfg, shuffle_buffer=16), "segloc", tiny_shards, tmp_path)
+    _pretrain(tiny_shards, tmp_path, steps=1)
     config = json.loads((tmp_path / "config.json").read_text())
     del config["method"]
     (tmp_path / "config.json").write_text(json.dumps(config))
@@ -88,10 +91,7 @@ def test_a_run_whose_config_lacks_its_method_is_named(tiny_shards, tmp_path):
 
 
 def test_shards_with_other_classes_are_refused_by_name(tiny_shards, tmp_path):
-    cfg = PretrainConfig(
-        steps=1, batch_size=4, augment=AugmentConfig(crop=64), workers=0, queue_size=96
-    )
-    run(replace(cfg, shuffle_buffer=16), "segloc", tiny_shards, tmp_path / "run")
+    _pretrain(tiny_shards, tmp_path / "run", steps=1)
     other = write_shards(tmp_path / "other", num_classes=2)
     with pytest.raises(UserError, match="2 classes"):
         load_run(tmp_path / "run", open_shards(other))
