@@ -36,7 +36,6 @@ from typing import Any
 import click
 import cv2
 import numpy as np
-from tqdm import tqdm
 
 from segloc.atomic import TMP_PREFIX, write_json
 from segloc.config import DataConfig, load_data_config
@@ -209,6 +208,8 @@ def remove_partial(out: Path, shards: list[int]) -> None:
 
 
 def run(job: Job, todo: list[int], workers: int) -> None:
+    from tqdm import tqdm  # here, not at the top: render helpers import this module, draw no bar
+
     total = len(todo) * job.cfg.samples_per_shard
     with tqdm(total=total, unit="sample", desc="render", smoothing=0.05) as bar:
         render_shards(job, todo, workers, bar.update)

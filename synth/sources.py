@@ -24,7 +24,6 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from tqdm import tqdm
 
 from segloc.coco import CocoSet, ImageInfo, decode_mask, load_coco
 from segloc.config import BackgroundConfig, DataConfig
@@ -94,6 +93,8 @@ def load_foregrounds(data: DataConfig, cfg: SynthConfig) -> Foregrounds:
     segments: list[Segment] = []
     bad: list[BadInput] = []
     skipped = Counter(coco.skipped)
+    from tqdm import tqdm  # here, not at the top: render helpers import this module, draw no bar
+
     for image in tqdm(
         images, desc="foregrounds", unit="img", leave=False, disable=len(images) < 200
     ):
@@ -195,6 +196,8 @@ def list_backgrounds(bg: BackgroundConfig, max_pixels: int = DEFAULT_MAX_PIXELS)
         )
     kept = names if bg.include_positives else _negatives(names, bg.labels)
     bad, good = [], {}
+    from tqdm import tqdm  # see load_foregrounds
+
     for name in tqdm(kept, desc="backgrounds", unit="img", leave=False, disable=len(kept) < 2000):
         try:
             good[name] = probe_scan(folder / name, max_pixels)
