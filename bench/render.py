@@ -19,8 +19,9 @@ Figures, all measured in this run on this machine:
   default), not the `--samples` above. Target >= 1.7x on two free cores. Each round also measures
   what the machine offers right then: the 2-process speed-up of the floor's kind of work (decodes
   and JPEG encodes, vectorised code sharing caches and memory bandwidth) and of a pure-Python
-  loop. A helper's start-up (spawning it and building its composer, while this process renders)
-  is shown too.
+  loop. A helper's start-up is shown too: spawning it (which `synth render` does before loading
+  its inputs, so this is hidden; the input loading time is printed first), then loading the job
+  and building its composer (while this process renders).
 - peak RSS of a whole `synth render` process for 2 vs 20 shards (should be flat).
 """
 
@@ -188,23 +189,36 @@ def _rendered_views(shard: Path) -> list[tuple[np.ndarray, np.ndarray]]:
 def time_workers(job: render.Job, workers: int, out: Path) -> float:
     """Wall time of `synth render --workers N`'s render phase: this process and N - 1 helpers.
 
-    A fresh composer either way, so both counts start with cold background caches (the floor
+    `synth render` starts its helpers before it loads its inputs, which takes longer than their
+    start-up (both are printed), so they are ready when rendering begins; here too. A fresh
+    composer either way, so both counts start with cold background caches (the floor
     measurements above warmed up the ones they used).
     """
     job = render.Job(job.cfg, job.data, job.fg, job.bg, out, job.fingerprint)
-    start = time.perf_counter()
-    render.render_shards(job, list(range(job.cfg.num_shards)), workers, lambda n: None)
-    return time.perf_counter() - start
+    todo = list(range(job.cfg.num_shards))
+    if workers == 1:
+        start = time.perf_counter()
+        render.render_shards(job, todo, 1, lambda n: None)
+        return time.perf_counter() - start
+    with render.helpers(workers - 1) as team:
+        team.wait_ready()
+        start = time.perf_counter()
+        render.render_shards(job, todo, workers, lambda n: None, team)
+        return time.perf_counter() - start
 
 
-def time_startup(job: render.Job) -> float:
-    """Wall time until a helper has started, loaded the job and built its composer: the delay
-    before its first shard (given no shards, it returns as soon as it is ready)."""
+def time_startup(job: render.Job) -> tuple[float, float]:
+    """A helper's start-up, wall time: (from spawn to ready, i.e. a fresh interpreter importing
+    the renderer, which `synth render` overlaps with loading its inputs; from being handed the
+    job to having loaded it and built its composer, which delays its first shard)."""
     start = time.perf_counter()
-    with render.helpers(job, [], 1) as team:
+    with render.helpers(1) as team:
+        team.wait_ready()
+        ready = time.perf_counter()
+        team.start(job, [])  # no shards: it reports done as soon as its composer is built
         while not team.finished:
             team.poll(lambda n: None, timeout=0.01)
-        return time.perf_counter() - start
+        return ready - start, time.perf_counter() - ready
 
 
 def _spin(n: int) -> int:
@@ -286,11 +300,14 @@ def main() -> None:
         params = args.params or make_inputs(
             tmp / "in", np.random.default_rng(0), args.canvas, args.scans
         )
+        start = time.perf_counter()
         job = prepare(params, tmp / "r1", args.samples, args.per_shard)
+        loading = time.perf_counter() - start
         n = job.cfg.num_shards * job.cfg.samples_per_shard
         print(
-            f"inputs: {len(job.fg.segments)} segments, {len(job.bg.names)} backgrounds; "
-            f"canvas {job.cfg.canvas}, {n} samples, mode {job.cfg.mode}"
+            f"inputs: {len(job.fg.segments)} segments, {len(job.bg.names)} backgrounds "
+            f"(loaded and checked in {loading:.2f} s); canvas {job.cfg.canvas}, {n} samples, "
+            f"mode {job.cfg.mode}"
         )
         report(job, params, tmp, n)
 
@@ -341,7 +358,11 @@ def report(job: render.Job, params: Path, tmp: Path, n: int) -> None:
             f"  round: speed-up {t1 / t2:.2f}x; this machine's 2-process speed-up right after: "
             f"codec work {codec:.2f}x, pure-Python loop {loop:.2f}x"
         )
-    print(f"helper start-up (this process renders meanwhile): {time_startup(full):.2f} s")
+    spawn, handover = time_startup(full)
+    print(
+        f"helper start-up: {spawn:.2f} s to start (while `synth render` loads its inputs), then "
+        f"{handover:.2f} s to load the job and build its composer (while this process renders)"
+    )
     for cache in (job.cfg.background_cache_mb, 8):
         small = peak_rss_mib(params, tmp / f"m2-{cache}", 2, job.cfg.samples_per_shard, cache)
         large = peak_rss_mib(params, tmp / f"m20-{cache}", 20, job.cfg.samples_per_shard, cache)

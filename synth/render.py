@@ -24,10 +24,11 @@ import pickle
 import queue
 import re
 import tempfile
+import time
 import traceback
 from collections import Counter
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from multiprocessing.process import BaseProcess
 from pathlib import Path
@@ -97,14 +98,18 @@ def main(
     data = load_data_config(params)
     cfg = resolve_config(params, num_shards, samples_per_shard, skip_bad_inputs)
     start, stop = parse_range(shard_range, cfg.num_shards)
-    fg, bg = load_inputs(data, cfg)
-    job = Job(cfg, data, fg, bg, Path(out), fingerprint(_identity(cfg, data, fg, bg)))
-    todo = plan(job, start, stop)
-    if todo:
-        # A manifest from an earlier render must not vouch for shards about to change.
-        (job.out / MANIFEST).unlink(missing_ok=True)
-        remove_partial(job.out, todo)
-        run(job, todo, workers)
+    # Helpers start now, so that their start-up (a fresh interpreter importing OpenCV and numpy,
+    # ~0.4 s) runs while this process loads the inputs; more than the range's shards would idle.
+    count = min(workers, stop - start) - 1
+    with helpers(count) if count > 0 else nullcontext() as team:
+        fg, bg = load_inputs(data, cfg)
+        job = Job(cfg, data, fg, bg, Path(out), fingerprint(_identity(cfg, data, fg, bg)))
+        todo = plan(job, start, stop)
+        if todo:
+            # A manifest from an earlier render must not vouch for shards about to change.
+            (job.out / MANIFEST).unlink(missing_ok=True)
+            remove_partial(job.out, todo)
+            run(job, todo, workers, team)
     return write_manifests(job, start, stop)
 
 
@@ -207,43 +212,49 @@ def remove_partial(out: Path, shards: list[int]) -> None:
             tmp.unlink(missing_ok=True)
 
 
-def run(job: Job, todo: list[int], workers: int) -> None:
+def run(job: Job, todo: list[int], workers: int, team: Helpers | None = None) -> None:
     from tqdm import tqdm  # here, not at the top: render helpers import this module, draw no bar
 
     total = len(todo) * job.cfg.samples_per_shard
     with tqdm(total=total, unit="sample", desc="render", smoothing=0.05) as bar:
-        render_shards(job, todo, workers, bar.update)
+        render_shards(job, todo, workers, bar.update, team)
 
 
 def render_shards(
-    job: Job, todo: list[int], workers: int, progress: Callable[[int], object]
+    job: Job,
+    todo: list[int],
+    workers: int,
+    progress: Callable[[int], object],
+    team: Helpers | None = None,
 ) -> None:
-    """Render the shards `todo` in `workers` processes, this one included.
+    """Render the shards `todo` in `workers` processes, this one included, or in this process
+    and `team`'s helpers if it is given (already started by `helpers`; `workers` is then unused).
 
-    This process renders from the start while `workers - 1` helpers start up (about half a
-    second each: a fresh interpreter importing OpenCV and numpy); every process claims the next
-    shard when it finishes one, so the start-up delays a helper's first shard, not the render.
-    A helper's error is raised here; so is its death (say, killed for memory), instead of a hang.
+    Every process claims the next shard when it finishes one, so a helper still starting up
+    delays its own first shard, not the render. A helper's error is raised here; so is its death
+    (say, killed for memory), instead of a hang.
     """
-    workers = min(workers, len(todo))
     cv2.setNumThreads(1)  # parallelism comes from processes; threads would oversubscribe
-    if workers <= 1:
+    if team is None and min(workers, len(todo)) > 1:
+        with helpers(min(workers, len(todo)) - 1) as team:
+            render_shards(job, todo, workers, progress, team)
+        return
+    if team is None:
         composer = Composer(job.cfg, job.fg, job.bg)
         for k in todo:
             render_shard(composer, job, k, progress)
         return
-    with helpers(job, todo, workers - 1) as team:
-        # The helpers are starting; build this process's composer meanwhile.
-        composer = Composer(job.cfg, job.fg, job.bg)
+    team.start(job, todo)
+    composer = Composer(job.cfg, job.fg, job.bg)  # while the helpers load the job
 
-        def relay(n: int) -> None:
-            progress(n)
-            team.poll(progress, timeout=0.0)
+    def relay(n: int) -> None:
+        progress(n)
+        team.poll(progress, timeout=0.0)
 
-        while (i := team.claim()) is not None:
-            render_shard(composer, job, todo[i], relay)
-        while not team.finished:
-            team.poll(progress, timeout=0.2)
+    while (i := team.claim()) is not None:
+        render_shard(composer, job, todo[i], relay)
+    while not team.finished:
+        team.poll(progress, timeout=0.2)
 
 
 def render_shard(
@@ -289,6 +300,7 @@ def _cpus() -> int:
     return os.cpu_count() or 1
 
 
+_READY = "ready"  # a helper's first message: started, modules imported, waiting for the job
 _DONE = "done"  # a helper's last message when it found no shard left to claim
 
 
@@ -300,12 +312,13 @@ class _Failure:
     text: str  # its traceback
 
 
-def _helper(job_file: str, events: mp.Queue, counter: Any) -> None:
-    """A helper process: load the job, then render shards until none is left to claim, sending
-    progress counts, then `_DONE` or a `_Failure`."""
+def _helper(jobs: mp.Queue, events: mp.Queue, counter: Any) -> None:
+    """A helper process: wait for the job, then render shards until none is left to claim,
+    sending progress counts, then `_DONE` or a `_Failure`."""
     try:
         cv2.setNumThreads(1)  # parallelism comes from processes; threads would oversubscribe
-        with open(job_file, "rb") as f:
+        events.put(_READY)
+        with open(_await_job(jobs), "rb") as f:
             job, todo = pickle.load(f)
         composer = Composer(job.cfg, job.fg, job.bg)
         while (i := _claim(counter, len(todo))) is not None:
@@ -321,6 +334,18 @@ def _helper(job_file: str, events: mp.Queue, counter: Any) -> None:
     events.put(_DONE)
 
 
+def _await_job(jobs: mp.Queue) -> str:
+    """The job file's path, once the main process sends it; exit if that process is gone (killed
+    while loading its inputs, say), rather than wait for ever."""
+    parent = mp.parent_process()
+    while True:
+        try:
+            return jobs.get(timeout=1.0)
+        except queue.Empty:
+            if parent is not None and not parent.is_alive():
+                raise SystemExit(1) from None
+
+
 def _claim(counter: Any, total: int) -> int | None:
     """The next unclaimed position in the shard list, shared by every process; None when done."""
     with counter.get_lock():
@@ -333,21 +358,47 @@ def _claim(counter: Any, total: int) -> int | None:
 
 @dataclass
 class Helpers:
-    """Helper processes rendering the shards of a list as they claim them (see `helpers`)."""
+    """Helper processes (see `helpers`): started, then given a job and a shard list by `start`;
+    each renders the shards of the list it claims."""
 
     processes: list[BaseProcess]
-    events: mp.Queue  # progress counts, then `_DONE` or a `_Failure`, from every helper
+    jobs: mp.Queue  # the job file's path, once per helper
+    events: mp.Queue  # `_READY`, progress counts, then `_DONE` or a `_Failure`, from every helper
     counter: Any  # next unclaimed position in the shard list, shared
-    total: int  # length of the shard list
+    folder: str  # for the job file
+    total: int | None = None  # length of the shard list, once started
+    ready: int = 0
     done: int = 0
+
+    def start(self, job: Job, todo: list[int]) -> None:
+        """Hand every helper the job (by file: ~20 MB of segment pixels on the demo, which a
+        queue would push through a pipe to one helper after another)."""
+        if self.total is not None:
+            raise RuntimeError("helpers already started")
+        path = os.path.join(self.folder, "job.pickle")
+        with open(path, "wb") as f:
+            pickle.dump((job, todo), f, protocol=pickle.HIGHEST_PROTOCOL)
+        self.total = len(todo)
+        for _ in self.processes:
+            self.jobs.put(path)
 
     def claim(self) -> int | None:
         """For this process: the next unclaimed position in the shard list, or None."""
+        if self.total is None:
+            raise RuntimeError("helpers not started")
         return _claim(self.counter, self.total)
 
     @property
     def finished(self) -> bool:
         return self.done == len(self.processes)
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        """Block until every helper has started up (imported its modules)."""
+        deadline = time.monotonic() + timeout
+        while self.ready < len(self.processes):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"render helpers not ready after {timeout:.0f} s")
+            self.poll(lambda n: None, timeout=0.05)
 
     def poll(self, progress: Callable[[int], object], timeout: float) -> None:
         """Relay the helpers' progress (waiting up to `timeout` s for the first message); raise a
@@ -370,7 +421,9 @@ class Helpers:
                     if event.error is not None:
                         raise event.error
                     raise RuntimeError(f"a render helper failed:\n{event.text}")
-                if event == _DONE:
+                if event == _READY:
+                    self.ready += 1
+                elif event == _DONE:
                     self.done += 1
                 else:
                     progress(event)
@@ -380,27 +433,21 @@ class Helpers:
 
 
 @contextmanager
-def helpers(job: Job, todo: list[int], count: int) -> Iterator[Helpers]:
-    """`count` helper processes rendering shards of `todo` as they claim them; leaving the block
-    stops any still running."""
+def helpers(count: int) -> Iterator[Helpers]:
+    """`count` helper processes, started at once; each waits for `Helpers.start`. Leaving the
+    block stops any still running (never given a job, say, because loading the inputs failed)."""
     # spawn: no fork of a parent holding OpenCV/tqdm threads; the same on Linux and macOS.
     ctx = mp.get_context("spawn")
-    events, counter = ctx.Queue(), ctx.Value("q", 0)
-    # The job (mostly segment pixels, ~20 MB on the demo) travels by file, not as an argument:
-    # spawn writes arguments down each child's pipe and blocks until that child has imported its
-    # modules, so the helpers would start one after another instead of together.
+    jobs, events, counter = ctx.Queue(), ctx.Queue(), ctx.Value("q", 0)
     with tempfile.TemporaryDirectory(prefix="synth-render-") as tmp:
-        job_file = os.path.join(tmp, "job.pickle")
-        with open(job_file, "wb") as f:
-            pickle.dump((job, todo), f, protocol=pickle.HIGHEST_PROTOCOL)
         processes = [
-            ctx.Process(target=_helper, args=(job_file, events, counter), daemon=True)
+            ctx.Process(target=_helper, args=(jobs, events, counter), daemon=True)
             for _ in range(count)
         ]
         try:
             for process in processes:
                 process.start()
-            yield Helpers(processes, events, counter, len(todo))
+            yield Helpers(processes, jobs, events, counter, tmp)
         finally:
             for process in processes:
                 if process.is_alive():

@@ -1,8 +1,12 @@
 import io
 import json
+import multiprocessing
 import os
 import shutil
 import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import cv2
@@ -21,6 +25,8 @@ from synth.inspect import iter_samples
 from synth.shards import file_sha256, read_manifest
 
 from .conftest import CLASSES, make_tiny_data
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -287,15 +293,67 @@ def test_a_helpers_error_is_raised_in_the_main_process(tmp_path):
     params = _truncated_background(tmp_path / "in")
     job = _job(params, tmp_path / "out")
     # This process claims no shard here, so the helper meets the broken background.
-    with render.helpers(job, [0, 1, 2, 3], 1) as team:
+    with render.helpers(1) as team:
+        team.start(job, [0, 1, 2, 3])
         with pytest.raises(UserError, match=r"N00002.jpg: cannot decode image.*while rendering"):
             _wait(team)
 
 
 def test_a_helper_killed_mid_render_is_an_error_not_a_hang(inputs, tmp_path):
-    with render.helpers(_job(inputs, tmp_path / "out"), [0, 1, 2, 3], 1) as team:
+    with render.helpers(1) as team:
+        team.start(_job(inputs, tmp_path / "out"), [0, 1, 2, 3])
         helper = team.processes[0]
         os.kill(helper.pid, signal.SIGKILL)  # as the kernel's out-of-memory killer would
         helper.join()
         with pytest.raises(UserError, match=r"died with exit code -9.*re-run"):
             _wait(team)
+
+
+def test_helpers_started_before_a_failed_input_check_are_stopped(tmp_path):
+    """`synth render` starts its helpers before it loads the inputs; an input error stops them."""
+    params = make_tiny_data(tmp_path / "in")
+    _break("undecodable background", params)
+    with pytest.raises(UserError, match="N00003.jpg: cannot decode image"):
+        render.main(tmp_path / "out", params, workers=2)
+    assert not multiprocessing.active_children()
+    assert not list((tmp_path / "out").glob("*.tar"))
+
+
+def test_a_waiting_helper_exits_when_the_main_process_dies(tmp_path):
+    """Killed while loading its inputs, the main process leaves no helper waiting for ever."""
+    code = (
+        "import os, signal, synth.render as r\n"
+        "if __name__ == '__main__':\n"
+        "    with r.helpers(1) as team:\n"
+        "        team.wait_ready()\n"
+        "        print(team.processes[0].pid, flush=True)\n"
+        "        os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    script = tmp_path / "main.py"
+    script.write_text(code)
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+    }
+    log = tmp_path / "log.txt"
+    with open(log, "w") as f:  # a file, not a pipe: a helper left behind would hold a pipe open
+        result = subprocess.run(
+            [sys.executable, str(script)], stdout=f, stderr=subprocess.STDOUT, env=env, timeout=120
+        )
+    assert result.returncode == -signal.SIGKILL, log.read_text()
+    pid = int(log.read_text().split()[0])
+    deadline = time.monotonic() + 20
+    while _running(pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if _running(pid):
+        os.kill(pid, signal.SIGKILL)
+        pytest.fail(f"helper {pid} still waiting for a job 20 s after the main process died")
+
+
+def _running(pid: int) -> bool:
+    """Whether the process exists and has not exited (an unreaped orphan shows as a zombie)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    return "\nState:\tZ" not in status
