@@ -16,12 +16,13 @@ Figures, all measured in this run on this machine:
 - 2 workers vs 1 (wall time of the render phase as `synth render --workers N` runs it: this
   process and N - 1 helpers, start-up included; best of three rounds) on the dataset size the
   params give (`synth.num_shards` x `synth.samples_per_shard`: what `synth render` renders by
-  default), not the `--samples` above. Target >= 1.7x on two free cores. Each round also measures
-  what the machine offers right then: the 2-process speed-up of the floor's kind of work (decodes
-  and JPEG encodes, vectorised code sharing caches and memory bandwidth) and of a pure-Python
-  loop. A helper's start-up is shown too: spawning it (which `synth render` does before loading
-  its inputs, so this is hidden; the input loading time is printed first), then loading the job
-  and building its composer (while this process renders).
+  default), not the `--samples` above. Helpers get the head start they get in `synth render`,
+  which starts them before loading its inputs (the loading time is printed first). Target >= 1.7x
+  on two free cores. Each round also measures what the machine offers right then: the 2-process
+  speed-up of the floor's kind of work (decodes and JPEG encodes, vectorised code sharing caches
+  and memory bandwidth) and of a pure-Python loop. A helper's start-up is shown in its two parts:
+  spawning it (hidden behind the input loading if that takes longer), then loading the job and
+  building its composer (while this process renders).
 - peak RSS of a whole `synth render` process for 2 vs 20 shards (should be flat).
 """
 
@@ -186,13 +187,13 @@ def _rendered_views(shard: Path) -> list[tuple[np.ndarray, np.ndarray]]:
     return views
 
 
-def time_workers(job: render.Job, workers: int, out: Path) -> float:
+def time_workers(job: render.Job, workers: int, out: Path, loading: float) -> float:
     """Wall time of `synth render --workers N`'s render phase: this process and N - 1 helpers.
 
-    `synth render` starts its helpers before it loads its inputs, which takes longer than their
-    start-up (both are printed), so they are ready when rendering begins; here too. A fresh
-    composer either way, so both counts start with cold background caches (the floor
-    measurements above warmed up the ones they used).
+    `synth render` starts its helpers before it loads its inputs, so they get a head start of
+    the input loading time (`loading` s, as measured here); they get it here too, and whatever
+    start-up is left counts. A fresh composer either way, so both counts start with cold
+    background caches (the floor measurements above warmed up the ones they used).
     """
     job = render.Job(job.cfg, job.data, job.fg, job.bg, out, job.fingerprint)
     todo = list(range(job.cfg.num_shards))
@@ -201,7 +202,7 @@ def time_workers(job: render.Job, workers: int, out: Path) -> float:
         render.render_shards(job, todo, 1, lambda n: None)
         return time.perf_counter() - start
     with render.helpers(workers - 1) as team:
-        team.wait_ready()
+        time.sleep(loading)
         start = time.perf_counter()
         render.render_shards(job, todo, workers, lambda n: None, team)
         return time.perf_counter() - start
@@ -309,7 +310,7 @@ def main() -> None:
             f"(loaded and checked in {loading:.2f} s); canvas {job.cfg.canvas}, {n} samples, "
             f"mode {job.cfg.mode}"
         )
-        report(job, params, tmp, n)
+        report(job, params, tmp, n, loading)
 
 
 def print_ratio(job: render.Job, what: str) -> None:
@@ -331,7 +332,7 @@ def print_ratio(job: render.Job, what: str) -> None:
     )
 
 
-def report(job: render.Job, params: Path, tmp: Path, n: int) -> None:
+def report(job: render.Job, params: Path, tmp: Path, n: int, loading: float) -> None:
     size = render.resolve_config(load_params(params), None, None, False)
     cfg = replace(job.cfg, num_shards=size.num_shards, samples_per_shard=size.samples_per_shard)
     full = replace(job, cfg=cfg)
@@ -344,8 +345,8 @@ def report(job: render.Job, params: Path, tmp: Path, n: int) -> None:
     # 2-process scaling drift from one minute to the next.
     rounds = []
     for i in range(3):
-        t1 = time_workers(full, 1, tmp / f"w1-{i}")
-        t2 = time_workers(full, 2, tmp / f"w2-{i}")
+        t1 = time_workers(full, 1, tmp / f"w1-{i}", loading)
+        t2 = time_workers(full, 2, tmp / f"w2-{i}", loading)
         rounds.append((t1, t2, *machine_scaling(full)))
     t1, t2 = min(r[0] for r in rounds), min(r[1] for r in rounds)
     print(
