@@ -9,10 +9,11 @@ Figures, all measured in this run on this machine:
   of background decodes (2 per sample, with the renderer's decoder `synth.sources.decode_scan`)
   plus 2 JPEG + 2 PNG encodes of the rendered views (the renderer's own `synth.shards`
   encoders). Target ratio >= 0.5. Also shown: the stricter encode-only floor (each background
-  decoded once, as with a warm cache). Renderer and floor are timed shard by shard, each floor right after its shard, in
-  three runs; the median ratio and the range are printed. Measured twice: on `--samples` (a short
-  render: the renderer's background cache starts cold and mostly misses), and on the default
-  render size below, where the cache serves the repeats that the floor decodes again.
+  decoded once, as with a warm cache). Renderer and floor are timed shard by shard, each floor
+  right after its shard, in three runs; the median ratio and the range are printed. Measured
+  twice: on `--samples` (a short render: the renderer's background cache starts cold and mostly
+  misses), and on the default render size below, where the cache serves the repeats that the
+  floor decodes again.
 - 2 workers vs 1: wall time of the render phase as `synth render --workers N` runs it (this
   process and N - 1 helpers, start-up included), median of three rounds, each timing 1 and 2
   workers back to back, on the dataset size the params give (`synth.num_shards` x
@@ -142,7 +143,7 @@ def time_ratio(job: render.Job) -> tuple[float, float, float]:
     cfg = job.cfg
     composer = render.Composer(cfg, job.fg, job.bg)
     cv2.setNumThreads(1)
-    scans = [(job.bg.path(i), info) for i, info in enumerate(job.bg.infos)]
+    scans = _scans(job)
     t_render = t_floor = t_encode = 0.0
     decoded = 0  # scans the encode-only floor has decoded so far
     for k in range(cfg.num_shards):
@@ -158,6 +159,11 @@ def time_ratio(job: render.Job) -> tuple[float, float, float]:
         t_floor += _time_decodes(decodes, cfg.canvas) + encode_time
         t_encode += _time_decodes(fresh, cfg.canvas) + encode_time
     return t_render, t_floor, t_encode
+
+
+def _scans(job: render.Job) -> list[tuple[Path, ScanInfo]]:
+    """Every background scan of `job`: its path and the header facts the decoder takes."""
+    return [(job.bg.path(i), info) for i, info in enumerate(job.bg.infos)]
 
 
 def _time_decodes(scans: list[tuple[Path, ScanInfo]], canvas: int) -> float:
@@ -260,7 +266,7 @@ def machine_scaling(job: render.Job) -> tuple[float, float]:
     OpenCV's vectorised code, as most of the renderer's time is) also shares caches and memory
     bandwidth, and scales less when the two cores are not independent.
     """
-    scans = [(job.bg.path(i), info) for i, info in enumerate(job.bg.infos)][:1000]
+    scans = _scans(job)[:1000]
     codec = _pair_speedup(_codec_work, (scans, job.cfg.canvas, job.cfg.jpeg_quality))
     return _pair_speedup(_spin, (10_000_000,)), codec
 

@@ -320,7 +320,7 @@ class Composer:
             self.bg.names[scan],
             full[top : top + size, left : left + size],
             placed,
-            [clip(p.x, p.y, *p.mask.shape, size) for p in placed],
+            boxes([p.mask for p in placed], [(p.x, p.y) for p in placed], size),
             transforms,
             sources,
         )

@@ -235,17 +235,17 @@ def render_shards(
     (say, killed for memory), instead of a hang.
     """
     cv2.setNumThreads(1)  # parallelism comes from processes; threads would oversubscribe
-    if team is None and min(workers, len(todo)) > 1:
-        with helpers(min(workers, len(todo)) - 1) as team:
-            render_shards(job, todo, workers, progress, team)
-        return
+    count = min(workers, len(todo)) - 1
+    if team is None and count > 0:
+        with helpers(count) as team:
+            return render_shards(job, todo, workers, progress, team)
+    if team is not None:
+        team.start(job, todo)
+    composer = Composer(job.cfg, job.fg, job.bg)  # while any helpers load the job
     if team is None:
-        composer = Composer(job.cfg, job.fg, job.bg)
         for k in todo:
             render_shard(composer, job, k, progress)
         return
-    team.start(job, todo)
-    composer = Composer(job.cfg, job.fg, job.bg)  # while the helpers load the job
 
     def relay(n: int) -> None:
         progress(n)
@@ -313,8 +313,8 @@ class _Failure:
 
 
 def _helper(jobs: mp.Queue, events: mp.Queue, counter: Any) -> None:
-    """A helper process: wait for the job, then render shards until none is left to claim,
-    sending progress counts, then `_DONE` or a `_Failure`."""
+    """A helper process: send `_READY`, wait for the job, then render shards until none is left
+    to claim, sending progress counts, then `_DONE` or a `_Failure`."""
     try:
         cv2.setNumThreads(1)  # parallelism comes from processes; threads would oversubscribe
         events.put(_READY)

@@ -10,9 +10,15 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 
+def python_env(**extra: str) -> dict[str, str]:
+    """This environment with the repository first on PYTHONPATH, for a test's subprocess."""
+    path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
+    return {**os.environ, "PYTHONPATH": path, **extra}
+
+
 def torchrun(target: list[str], cwd: Path, nproc: int = 2, timeout: int = 300) -> None:
     """`target`: a script path or `-m module`, then its arguments."""
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    env = python_env(OMP_NUM_THREADS="1")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
     cmd += ["--nproc_per_node", str(nproc), *target]
     done = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)

@@ -1,5 +1,4 @@
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -28,6 +27,7 @@ from eval.inits import resolve_init
 from eval.model import load_resnet_body
 from segloc.coco import load_coco
 from segloc.errors import UserError
+from tests.launch import python_env
 
 from .conftest import CATEGORY_IDS
 
@@ -267,19 +267,11 @@ def test_disabled_stub_does_not_import_torch(pidray, tmp_path):
         f"'--out', {str(out)!r}], standalone_mode=False); "
         "assert 'torch' not in sys.modules, 'torch imported'"
     )
-    root = Path(__file__).resolve().parents[2]
     result = subprocess.run(
-        [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, env=_env(root)
+        [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, env=python_env()
     )
     assert result.returncode == 0, result.stderr
     assert json.loads((out / "metrics.json").read_text())["enabled"] is False
-
-
-def _env(root: Path) -> dict[str, str]:
-    return {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]),
-    }
 
 
 def _fake_instance_run(folder, label, kind, values):

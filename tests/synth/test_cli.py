@@ -1,13 +1,10 @@
-import os
 import subprocess
 import sys
-from pathlib import Path
 
 from click.testing import CliRunner
 
 from synth.cli import COMMANDS, main
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.launch import python_env
 
 
 def test_help_lists_every_subcommand_with_its_summary():
@@ -40,9 +37,7 @@ def test_render_helpers_import_only_what_rendering_needs():
         "loaded = {'synth.demo', 'synth.xray', 'synth.inspect', 'tqdm'} & set(sys.modules); "
         "assert not loaded, loaded"
     )
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
-    }
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=python_env()
+    )
     assert result.returncode == 0, result.stderr

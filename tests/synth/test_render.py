@@ -23,10 +23,9 @@ from segloc.errors import UserError
 from segloc.params import load_params
 from synth.inspect import iter_samples
 from synth.shards import file_sha256, read_manifest
+from tests.launch import python_env
 
 from .conftest import CLASSES, make_tiny_data
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -331,14 +330,14 @@ def test_a_waiting_helper_exits_when_the_main_process_dies(tmp_path):
     )
     script = tmp_path / "main.py"
     script.write_text(code)
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
-    }
     log = tmp_path / "log.txt"
     with open(log, "w") as f:  # a file, not a pipe: a helper left behind would hold a pipe open
         result = subprocess.run(
-            [sys.executable, str(script)], stdout=f, stderr=subprocess.STDOUT, env=env, timeout=120
+            [sys.executable, str(script)],
+            stdout=f,
+            stderr=subprocess.STDOUT,
+            env=python_env(),
+            timeout=120,
         )
     assert result.returncode == -signal.SIGKILL, log.read_text()
     pid = int(log.read_text().split()[0])
