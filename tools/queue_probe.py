@@ -11,6 +11,9 @@ the pairs are the queries; each is scored against two negative banks of equal si
   momentum encoder;
 - fresh: keys of the other half of the pairs, from the momentum encoder as it is now.
 
+The scoring is train.monitor.fresh_bank_probe, which pretraining also runs on its held-out samples
+(plots/monitor.tsv); this tool runs it on any run's checkpoint, on as many batches as asked.
+
 A model that separates instances by content scores about alike on both banks. A low training loss
 that comes from telling fresh keys from stale ones (MoCo's "inconsistent dictionary") shows as a
 low loss on the stale bank and chance on the fresh one, with negative similarity as high as the
@@ -21,12 +24,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -36,7 +37,8 @@ from segloc.params import from_dict  # noqa: E402
 from train.config import PretrainConfig, resolve_preset  # noqa: E402
 from train.data import make_loader, open_shards  # noqa: E402
 from train.loop import build_model, stream_spec  # noqa: E402
-from train.moco import ClassQueueMoCo, class_queue_infonce  # noqa: E402
+from train.moco import ClassQueueMoCo  # noqa: E402
+from train.monitor import TooFewPairs, fresh_bank_probe, pair_embeddings  # noqa: E402
 from train.schedule import scaled_lr  # noqa: E402
 from train.step import StepContext, contrastive_inputs, step_generator, to_device  # noqa: E402
 
@@ -88,43 +90,21 @@ def encode_pairs(model, cfg, preset, shards, batches: int):
         )
         if inputs["labels"].numel() == 0:
             continue
-        qs.append(model.encoder_q(inputs["x_q"], inputs["regions_q"]))
-        ks.append(model._keys(inputs["x_k"], inputs["regions_k"], inputs["perm"]))
+        q, k = pair_embeddings(model, inputs)
+        qs.append(q)
+        ks.append(k)
         labels.append(inputs["labels"])
     return torch.cat(qs), torch.cat(ks), torch.cat(labels)
 
 
 def probe(model, q, k, labels, temperature: float, seed: int = 0) -> dict:
     """Loss and similarities of the first half of the pairs against stale and fresh banks."""
-    queues = model.queue.shape[0]
-    half = q.shape[0] // 2
-    rest_k, rest_l = k[half:], labels[half:]
-    per = min(int((rest_l == c).sum()) for c in range(queues))
-    per = min(per, model.queue.shape[2])
-    if per == 0:
-        raise UserError("too few pairs per queue for a fresh bank: raise --batches")
-    fresh = torch.stack([rest_k[rest_l == c][:per].T for c in range(queues)])  # C x D x per
-    pick = torch.randperm(model.queue.shape[2], generator=torch.Generator().manual_seed(seed))
-    stale = model.queue[:, :, pick[:per]]
-    q, k, labels = q[:half], k[:half], labels[:half]
-    mask_own = queues > 1
-
-    def score(bank: torch.Tensor) -> dict:
-        sims = torch.einsum("nd,cdk->cnk", q, bank)
-        if mask_own:
-            sims = sims[~F.one_hot(labels, queues).T.bool()]  # other queues' keys only
-        loss = class_queue_infonce(q, k, labels, bank, temperature, mask_own)
-        return {"loss": loss.item(), "neg_sim": sims.mean().item()}
-
-    negatives = (queues - 1 if mask_own else 1) * per
-    return {
-        "queries": half,
-        "keys_per_queue": per,
-        "chance_loss": math.log(negatives + 1),
-        "pos_sim": (q * k).sum(1).mean().item(),
-        "stale": score(stale),
-        "fresh": score(fresh),
-    }
+    try:
+        return fresh_bank_probe(model.queue, q, k, labels, temperature, seed)
+    except TooFewPairs as err:
+        raise UserError(
+            f"too few pairs per queue for a fresh bank ({err}): raise --batches"
+        ) from err
 
 
 def main() -> None:
@@ -143,8 +123,9 @@ def main() -> None:
         print(f"error: {err.message}", file=sys.stderr)
         sys.exit(err.exit_code)
     print(
-        f"{args.run} at step {step}: {result['queries']} queries, {result['keys_per_queue']} keys "
-        f"per queue in each bank; chance loss {result['chance_loss']:.2f}\n"
+        f"{args.run} at step {step}: {result['queries']} queries, at least "
+        f"{result['keys_per_queue']} keys per probed queue in each bank; "
+        f"chance loss {result['chance_loss']:.2f}\n"
         f"  positive similarity {result['pos_sim']:.3f}\n"
         f"  stale bank (the run's queue):          loss {result['stale']['loss']:.3f}, "
         f"negative similarity {result['stale']['neg_sim']:.3f}\n"

@@ -34,6 +34,8 @@ class RunState:
     skipped: Counter = field(default_factory=Counter)  # reason -> samples dropped
     samples: int = 0  # samples trained on by this process
     train_seconds: float = 0.0  # wall time inside steps, for throughput
+    monitor: list[dict[str, float]] = field(default_factory=list)  # plots/monitor.tsv rows
+    monitor_seconds: float = 0.0  # wall time of the monitor's passes (not in train_seconds)
 
 
 def identity(method: str, config: dict[str, Any], shards_sha256: str, world_size: int) -> dict:
@@ -56,6 +58,8 @@ def save_checkpoint(
         "skipped": dict(state.skipped),
         "samples": state.samples,
         "train_seconds": state.train_seconds,
+        "monitor": state.monitor,
+        "monitor_seconds": state.monitor_seconds,
     }
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
@@ -81,6 +85,8 @@ def load_checkpoint(
         Counter(ckpt["skipped"]),
         ckpt["samples"],
         ckpt["train_seconds"],
+        list(ckpt["monitor"]),
+        ckpt["monitor_seconds"],
     )
 
 

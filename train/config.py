@@ -4,6 +4,8 @@
 
 Methods are presets of two switches (DESIGN §2); `pooling` / `queue` left null take the preset,
 set them for an ablation (e.g. `segloc` with `queue: single` is InsLoc pairing with mask pooling).
+A third switch, `positives: class`, makes the filled keys of a query's own class queue positives
+too (multi-positive InfoNCE); it needs per-class queues and instance labels.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from segloc.params import from_dict
 
 Pooling = Literal["mask", "box", "image"]
 QueueKind = Literal["per_class", "single"]
+Positives = Literal["instance", "class"]
 
 
 @dataclass(frozen=True)
@@ -52,11 +55,23 @@ class AugmentConfig:
 
 
 @dataclass(frozen=True)
+class MonitorConfig:
+    """The pretraining monitor (DESIGN §6b): held-out kNN accuracy and the fresh-bank probe."""
+
+    # One pass costs about 4-5 training steps at the CPU defaults (64 samples, ~125 instances;
+    # resnet18, 160-px canvas, 112-px crops): every 100 steps keeps it near 5 % of a long run.
+    every: int = 100  # steps between passes, besides the first and last step; 0: those two only
+    holdout: int = 64  # samples at the end of the last shard(s), never trained on; 0: no monitor
+    k: int = 20  # neighbours in the similarity-weighted kNN vote
+
+
+@dataclass(frozen=True)
 class PretrainConfig:
     arch: Literal["resnet18", "resnet34", "resnet50", "resnet101"] = "resnet18"
     fpn: bool = False  # pool instances from P2..P5 (level by size) instead of C5
     pooling: Pooling | None = None  # null: the method's preset
     queue: QueueKind | None = None  # null: the method's preset
+    positives: Positives = "instance"  # class: own-class queue keys are positives too
     dim: int = 128
     queue_size: int = 4096  # entries in the whole bank; per-class queues get queue_size // C each
     temperature: float = 0.2
@@ -67,11 +82,15 @@ class PretrainConfig:
     epochs: float | None = None  # passes over manifest num_samples; set steps to null to use it
     lr: float = 0.5  # per 256 samples (scaled by global batch / 256); high for short runs
     warmup: float = 0.05  # share of the steps with linear lr warm-up
+    # sgd: MoCo-v2's recipe (lr ~0.03 per 256 over hundreds of epochs); adamw: Adam with decoupled
+    # weight decay (MoCo v3's choice), far faster over the few hundred steps a CPU run affords.
+    optimizer: Literal["sgd", "adamw"] = "sgd"
     weight_decay: float = 1e-4
-    sgd_momentum: float = 0.9
+    sgd_momentum: float = 0.9  # sgd only
     nesterov: bool = False
     clip_grad: float | None = None  # max global grad norm; null: no clipping
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    monitor: MonitorConfig = field(default_factory=MonitorConfig)
     workers: int = 1  # DataLoader workers per process; also the number of sample streams
     shuffle_buffer: int = 512  # samples held (encoded) in each stream's shuffle buffer
     checkpoint_every: int = 50
@@ -93,16 +112,41 @@ def resolve_preset(cfg: PretrainConfig, method: str) -> Preset:
         raise UserError(f"--method {method!r}: expected one of {', '.join(METHODS)}")
     preset = METHODS[method]
     if preset.pooling is None:
-        return preset
-    return Preset(cfg.pooling or preset.pooling, cfg.queue or preset.queue)
+        resolved = preset
+    else:
+        resolved = Preset(cfg.pooling or preset.pooling, cfg.queue or preset.queue)
+    _check_positives(cfg.positives, method, resolved)
+    return resolved
 
 
-def run_label(method: str, preset: Preset) -> str:
+def _check_positives(positives: str, method: str, preset: Preset) -> None:
+    """Class positives need instance labels and one queue per class.
+
+    A single queue holds every class, so "its own queue" would make every key a positive and
+    pull all embeddings together; moco (image level) and supervised have no instance labels.
+    """
+    if positives != "class":
+        return
+    if preset.pooling in (None, "image"):
+        raise UserError(
+            f"params pretrain.positives: 'class' needs instance class labels, which method "
+            f"{method!r} does not use; set it to 'instance'"
+        )
+    if preset.queue != "per_class":
+        raise UserError(
+            "params pretrain.positives: 'class' needs one queue per class (a single queue mixes "
+            "the classes); set pretrain.queue to per_class or positives to 'instance'"
+        )
+
+
+def run_label(method: str, preset: Preset, positives: str = "instance") -> str:
     """Name of a run in reports: the method, plus its switches where they differ from its preset
-    (an ablation such as segloc with one queue reads "segloc (mask, single queue)")."""
-    if preset == METHODS[method]:
+    (an ablation such as segloc with one queue reads "segloc (mask, single queue)", and class
+    positives add ", class positives")."""
+    extra = ", class positives" if positives == "class" else ""
+    if preset == METHODS[method] and not extra:
         return method
-    return f"{method} ({preset.pooling}, {preset.queue.replace('_', '-')} queue)"
+    return f"{method} ({preset.pooling}, {preset.queue.replace('_', '-')} queue{extra})"
 
 
 def total_steps(cfg: PretrainConfig, num_samples: int, world_size: int) -> int:
@@ -139,6 +183,17 @@ def check_config(cfg: PretrainConfig) -> None:
     if cfg.workers < 0 or cfg.threads < 0:
         raise UserError("params pretrain.workers / pretrain.threads: expected 0 or more")
     _check_augment(cfg.augment)
+    _check_monitor(cfg.monitor)
+
+
+def _check_monitor(mon: MonitorConfig) -> None:
+    for key in ("every", "holdout"):
+        if getattr(mon, key) < 0:
+            raise UserError(
+                f"params pretrain.monitor.{key}: expected 0 or more, got {getattr(mon, key)}"
+            )
+    if mon.k < 1:
+        raise UserError(f"params pretrain.monitor.k: expected a positive integer, got {mon.k}")
 
 
 def _check_augment(aug: AugmentConfig) -> None:

@@ -13,6 +13,8 @@ the next `batch_size` raw samples of its stream, so resuming skips consumed batc
 raw samples, without decoding them. Shards are drawn with replacement (resampled), so every rank
 and worker gets an endless stream whatever the shard count, and every rank takes the same number
 of steps per epoch. Samples that fail to decode are dropped from their batch and counted.
+Samples named in `exclude` (the monitor's hold-out) are dropped as they are read, before the
+shuffle: a stream reads the same shards in the same order as without them, only they are missing.
 """
 
 from __future__ import annotations
@@ -215,6 +217,7 @@ class StreamSpec:
     epoch_steps: int  # batches per process in one data epoch
     start: int  # first batch index of the epoch this loader yields (> 0 when resuming)
     streams: int  # max(1, workers): fixed per run so batches don't depend on the worker count
+    exclude: frozenset[tuple[str, str]] = frozenset()  # (url, key) of samples never to yield
 
 
 class _ReadGuard:
@@ -251,8 +254,11 @@ def raw_samples(spec: StreamSpec, stream: int, guard: _ReadGuard) -> Iterator[di
 
     def samples() -> Iterator[dict[str, Any]]:
         for sample in wds.tarfile_samples(shards(), handler=guard.handler):
+            # A held-out sample was readable: it counts as a read for the corrupt-shard guard,
+            # or a shard held out whole, drawn a few times in a row, would look corrupt.
             guard.reads_without_sample = 0
-            yield sample
+            if (sample.get("__url__"), sample.get("__key__")) not in spec.exclude:
+                yield sample
 
     # Shuffle encoded samples, before decode: the buffer holds bytes, not arrays.
     rng = random.Random(int(shuffle_seq.generate_state(1, np.uint64)[0]))

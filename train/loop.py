@@ -2,10 +2,12 @@
 
     result = run(cfg, "segloc", "shards/", "out/segloc", resume=False)
 
-Outputs under out/: checkpoint.pt (resume), backbone.pt + backbone.json (eval), metrics.json and
-plots/train.tsv (DVC), config.json (the resolved config of a run made outside DVC).
-On CPU a resumed run ends with exactly the weights of an uninterrupted one: batch s and every
-random draw of step s depend only on (seed, rank, s), and the checkpoint holds all other state.
+Outputs under out/: checkpoint.pt (resume), backbone.pt + backbone.json (eval), metrics.json,
+plots/train.tsv and plots/monitor.tsv (DVC), config.json (the resolved config of a run made
+outside DVC). On CPU a resumed run ends with exactly the weights and monitor rows of an
+uninterrupted one: batch s and every random draw of step s depend only on (seed, rank, s), the
+monitor reads held-out samples with its own fixed generators, and the checkpoint holds all other
+state (monitor rows included).
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ from train.data import Needs, ShardSet, StreamSpec, make_loader, open_shards
 from train.export import backbone_card, export
 from train.moco import ClassQueueMoCo, SupervisedSeg
 from train.model import Encoder, init_weights
+from train.monitor import Monitor, load_holdout
+from train.monitor import summary as monitor_summary
 from train.schedule import scaled_lr
 from train.step import StepContext, train_step
 
@@ -52,6 +56,12 @@ class Session:
     train_model: nn.Module  # the same, DDP-wrapped under torchrun
     opt: torch.optim.Optimizer
     state: RunState
+    monitor: Monitor | None = None  # None: pretrain.monitor.holdout is 0
+    held_out: int = 0  # samples the stream skips (the monitor's)
+
+    @property
+    def train_samples(self) -> int:
+        return self.shards.num_samples - self.held_out
 
     @property
     def identity(self) -> dict[str, Any]:
@@ -99,12 +109,15 @@ def setup(
     preset = resolve_preset(cfg, method)
     device, info = _device_and_ranks(cfg)
     shards = open_shards(shards_dir)
-    total = total_steps(cfg, shards.num_samples, info.world_size)
+    monitor = build_monitor(cfg, shards)
+    held_out = len(monitor.holdout.keys) if monitor is not None else 0
+    total = total_steps(cfg, shards.num_samples - held_out, info.world_size)
     model = build_model(cfg, preset, len(shards.classes), device)
     opt = build_optimizer(model, cfg)
     peak_lr = scaled_lr(cfg.lr, cfg.batch_size * info.world_size)
     ctx = StepContext(cfg, preset, total, peak_lr, device, info.rank, shards.classes)
-    s = Session(cfg, method, shards, out, ctx, model, _wrap(model, device), opt, RunState())
+    wrapped = _wrap(model, device)
+    s = Session(cfg, method, shards, out, ctx, model, wrapped, opt, RunState(), monitor, held_out)
     if resume:
         s.state = load_checkpoint(out / "checkpoint.pt", model, opt, s.identity)
     if info.is_main:
@@ -119,6 +132,16 @@ def setup(
             },
         )
     return s
+
+
+def build_monitor(cfg: PretrainConfig, shards: ShardSet) -> Monitor | None:
+    """Every rank reads the hold-out (its stream must skip it); only rank 0 measures."""
+    if cfg.monitor.holdout == 0:
+        return None
+    holdout = load_holdout(shards, cfg.monitor.holdout)
+    if holdout.skipped:
+        log.warning("monitor: %d held-out samples could not be decoded", holdout.skipped)
+    return Monitor(cfg.monitor, holdout, len(shards.classes))
 
 
 def _device_and_ranks(cfg: PretrainConfig) -> tuple[torch.device, dist.DistInfo]:
@@ -162,7 +185,14 @@ def build_model(
         init_weights(encoder, g)
         queues = num_classes if preset.queue == "per_class" else 1
         model = ClassQueueMoCo(
-            encoder, queues, cfg.queue_size, cfg.temperature, True, cfg.shuffle_bn_groups, g
+            encoder,
+            queues,
+            cfg.queue_size,
+            cfg.temperature,
+            True,
+            cfg.shuffle_bn_groups,
+            g,
+            class_positives=cfg.positives == "class",
         )
     model.to(device)
     if device.type == "cuda":
@@ -175,6 +205,8 @@ def build_model(
 
 def build_optimizer(model: nn.Module, cfg: PretrainConfig) -> torch.optim.Optimizer:
     params = [p for p in model.parameters() if p.requires_grad]
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=0.0, weight_decay=cfg.weight_decay)
     return torch.optim.SGD(
         params,
         lr=0.0,
@@ -209,6 +241,7 @@ def stream_spec(
     epoch: int,
     start: int,
     epoch_steps: int,
+    exclude: frozenset[tuple[str, str]] = frozenset(),
 ) -> StreamSpec:
     return StreamSpec(
         shards.urls,
@@ -223,6 +256,7 @@ def stream_spec(
         epoch_steps,
         start,
         max(1, cfg.workers),
+        exclude,
     )
 
 
@@ -236,20 +270,23 @@ def loop(s: Session, stop: int) -> bool:
     same number of steps in it, and a resumed run re-enters it at its offset.
     """
     world = dist.world_size()
-    epoch_steps = max(1, s.shards.num_samples // (s.cfg.batch_size * world))
+    epoch_steps = max(1, s.train_samples // (s.cfg.batch_size * world))
+    exclude = s.monitor.holdout.keys if s.monitor is not None else frozenset()
     bar = tqdm(
         total=stop, initial=s.state.step, disable=s.ctx.rank != 0, unit="step", dynamic_ncols=True
     )
     interrupted = False
+    monitor_pass(s)  # step 0: the random-init reference
     with _stop_signals() as stop_flag:
         while s.state.step < stop and not interrupted:
             epoch, offset = divmod(s.state.step, epoch_steps)
             spec = stream_spec(
-                s.cfg, s.shards, s.ctx.preset, s.ctx.rank, epoch, offset, epoch_steps
+                s.cfg, s.shards, s.ctx.preset, s.ctx.rank, epoch, offset, epoch_steps, exclude
             )
             loader = make_loader(spec, s.cfg.workers, pin_memory=s.ctx.device.type == "cuda")
             for batch in loader:
                 one_step(s, batch)
+                monitor_pass(s)
                 bar.update(1)
                 bar.set_postfix(
                     loss=f"{s.state.rows[-1]['loss']:.3f}",
@@ -287,6 +324,18 @@ def one_step(s: Session, batch: dict[str, Any]) -> None:
     s.state.rows.append(metrics_row(s, scalars))
 
 
+def monitor_pass(s: Session) -> None:
+    """A monitor row when one is due and not already held (a resumed run has its rows)."""
+    if s.monitor is None or s.ctx.rank != 0 or not s.monitor.due(s.state.step, s.ctx.total):
+        return
+    if s.state.monitor and s.state.monitor[-1]["step"] == s.state.step:
+        return
+    t0 = time.perf_counter()
+    s.state.monitor.append(s.monitor.measure(s.model, s.ctx, s.state.step))
+    s.state.monitor_seconds += time.perf_counter() - t0
+    log.debug("monitor: %s", s.state.monitor[-1])
+
+
 def metrics_row(s: Session, scalars: dict[str, float]) -> dict[str, float]:
     """One line of plots/train.tsv; queue fill per class shows when the bank is warm."""
     row = {"step": s.state.step, "loss": scalars["loss"], "lr": scalars["lr"]}
@@ -303,6 +352,7 @@ def checkpoint(s: Session) -> None:
         return
     save_checkpoint(s.out / "checkpoint.pt", s.model, s.opt, s.state, s.identity)
     write_tsv(s.out / "plots" / "train.tsv", s.state.rows)
+    write_tsv(s.out / "plots" / "monitor.tsv", s.state.monitor)
 
 
 def _column(name: str) -> str:
@@ -366,6 +416,9 @@ def summary(s: Session) -> dict[str, Any]:
         "skipped_reasons": dict(s.state.skipped),
         "world_size": world,
     }
+    if s.monitor is not None:
+        metrics |= monitor_summary(s.state.monitor)
+        metrics["monitor_seconds"] = s.state.monitor_seconds
     if isinstance(s.model, ClassQueueMoCo):
         metrics["queue_fill_min"] = float(s.model.queue_fill().min())
         metrics["pairs_per_step"] = sum(r["pairs"] for r in rows) / max(1, len(rows))
@@ -393,10 +446,11 @@ def finish(s: Session, metrics: dict[str, Any]) -> None:
         s.shards.sha256,
         s.shards.classes,
         s.cfg.augment.crop,
-        run_label(s.method, s.ctx.preset),
+        run_label(s.method, s.ctx.preset, s.cfg.positives),
     )
     export(s.out, s.model, card)
     write_tsv(s.out / "plots" / "train.tsv", s.state.rows)
+    write_tsv(s.out / "plots" / "monitor.tsv", s.state.monitor)
     write_json(s.out / "metrics.json", metrics)
     log.info(
         "done: %d steps, %.1f samples/s, final loss %.4f, %d samples skipped; backbone %s",
@@ -406,3 +460,9 @@ def finish(s: Session, metrics: dict[str, Any]) -> None:
         metrics["skipped_samples"],
         s.out / "backbone.pt",
     )
+    if "knn_acc" in metrics:
+        log.info(
+            "monitor: held-out kNN accuracy %.1f %% (random init %.1f %%)",
+            metrics["knn_acc"],
+            metrics.get("knn_acc_init", float("nan")),
+        )

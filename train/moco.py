@@ -11,11 +11,13 @@ The momentum value comes from a schedule outside the model (moco-v3 style): forw
 from __future__ import annotations
 
 import copy
+import math
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from segloc.dense import fuse_stride8
 from train import dist
 from train.model import Encoder, Regions, ResNetTrunk, split_batchnorm
 
@@ -60,6 +62,39 @@ def class_queue_infonce(
         pos = l_pos / temperature
         neg = torch.logsumexp(l_neg / temperature, dim=(0, 2))  # (N,)
         return (torch.logaddexp(pos, neg) - pos).mean()
+
+
+def class_positive_infonce(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    labels: torch.Tensor,
+    queue: torch.Tensor,
+    count: torch.Tensor,
+    temperature: float,
+) -> torch.Tensor:
+    """Multi-positive InfoNCE (SupCon's L_out; Self-Tuning's per-class queue), mean over queries.
+
+    For a query of class c the positives P are its own key and the *filled* entries of queue c
+    (never the random vectors a queue starts with); the candidates A are P and every entry of
+    the other queues: L = logsumexp_A(s) - mean_P(s), s = q . a / T. Unfilled entries of queue c
+    are in neither, so with queue c empty this is exactly class_queue_infonce, and with it full
+    A is the own key plus the whole bank.
+    count: (C,) keys ever written per queue; entry j of queue c is filled when j < count[c].
+    """
+    dtype = torch.promote_types(q.dtype, torch.float32)  # at least float32, even under bf16
+    with torch.autocast(q.device.type, enabled=False):
+        q, k, queue = q.to(dtype), k.to(dtype), queue.to(dtype)
+        l_pos, l_neg = class_queue_logits(q, k, labels, queue, mask_own_class=False)
+        c, n, size = l_neg.shape
+        filled = torch.arange(size, device=q.device)[None] < count.to(q.device)[:, None]  # C x K
+        own = F.one_hot(labels, c).T.bool()  # C x N
+        logits = (l_neg / temperature).masked_fill(own[:, :, None] & ~filled[:, None], -math.inf)
+        pos = l_pos / temperature
+        lse = torch.logaddexp(pos, torch.logsumexp(logits, dim=(0, 2)))  # (N,)
+        own_logits = logits[labels, torch.arange(n, device=q.device)]  # N x K: queue c's block
+        own_filled = filled[labels]  # N x K
+        pos_sum = pos + torch.where(own_filled, own_logits, 0.0).sum(1)
+        return (lse - pos_sum / (1 + own_filled.sum(1))).mean()
 
 
 @torch.no_grad()
@@ -108,10 +143,14 @@ class ClassQueueMoCo(nn.Module):
         mask_own_class: bool,
         shuffle_bn_groups: int,
         g: torch.Generator,
+        class_positives: bool = False,
     ):
         super().__init__()
         self.T = temperature
         self.mask_own_class = mask_own_class and num_queues > 1
+        # Own-class keys as positives: only meaningful with one queue per class (config refuses
+        # the other combinations by key).
+        self.class_positives = class_positives and num_queues > 1
         self.encoder_q = encoder
         self.encoder_k = split_batchnorm(copy.deepcopy(encoder), shuffle_bn_groups)
         for p in self.encoder_k.parameters():
@@ -139,7 +178,7 @@ class ClassQueueMoCo(nn.Module):
         q = self.encoder_q(x_q, regions_q)  # N x dim
         with torch.no_grad():
             momentum_update(self.encoder_k, self.encoder_q, m)
-            k = self._keys(x_k, regions_k, perm)  # N x dim
+            k = self.keys(x_k, regions_k, perm)  # N x dim
         if q.shape[0] == 0:  # every pair vanished: a zero loss that still touches every parameter
             zero = q.sum() * 0.0
             return zero, {
@@ -148,7 +187,11 @@ class ClassQueueMoCo(nn.Module):
                 "pairs": zero.detach(),
             }
         # A copy: autograd keeps the bank for backward, and enqueue below rewrites it in place.
-        loss = class_queue_infonce(q, k, labels, self.queue.clone(), self.T, self.mask_own_class)
+        bank = self.queue.clone()
+        if self.class_positives:
+            loss = class_positive_infonce(q, k, labels, bank, self.queue_count.clone(), self.T)
+        else:
+            loss = class_queue_infonce(q, k, labels, bank, self.T, self.mask_own_class)
         stats = self._stats(q.detach(), k, labels)
         enqueue(
             self.queue,
@@ -159,7 +202,9 @@ class ClassQueueMoCo(nn.Module):
         )
         return loss, stats
 
-    def _keys(self, x: torch.Tensor, regions: Regions | None, perm: torch.Tensor) -> torch.Tensor:
+    def keys(self, x: torch.Tensor, regions: Regions | None, perm: torch.Tensor) -> torch.Tensor:
+        """Keys (N x dim) of the momentum encoder as training makes them: images shuffled by
+        `perm` before its split BN and put back after (shuffle-BN in one process)."""
         maps = self.encoder_k.feature_maps(x[perm])
         inverse = torch.argsort(perm)
         return self.encoder_k.embed([f[inverse] for f in maps], regions)
@@ -184,17 +229,19 @@ class ClassQueueMoCo(nn.Module):
 
 
 class SupervisedSeg(nn.Module):
-    """Same trunk, a 1x1-conv classifier on C5 upsampled to the input; per-pixel CE (255 ignored)."""
+    """Same trunk, a 1x1-conv classifier on the fused stride-8 map (C3 + upsampled C4, C5;
+    `segloc.dense`) upsampled to the input; per-pixel CE (255 ignored). Stride 8 makes it a
+    segmentation pretraining: on C5 alone a 30-px item is one cell of a 112-px crop's 4 x 4 map."""
 
     def __init__(self, arch: str, num_classes: int):
         super().__init__()
         self.trunk = ResNetTrunk(arch)
-        self.classifier = nn.Conv2d(self.trunk.channels[-1], num_classes + 1, 1)
+        self.classifier = nn.Conv2d(sum(self.trunk.channels[1:]), num_classes + 1, 1)
 
     def forward(
         self, x: torch.Tensor, seg: torch.Tensor
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        logits = self.classifier(self.trunk(x)[-1])
+        logits = self.classifier(fuse_stride8(self.trunk(x)[1:]))
         logits = F.interpolate(logits, size=seg.shape[-2:], mode="bilinear", align_corners=False)
         loss = F.cross_entropy(logits.float(), seg, ignore_index=255)
         with torch.no_grad():

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from train import dist
-from train.config import AugmentConfig, PretrainConfig
+from train.config import AugmentConfig, MonitorConfig, PretrainConfig
 from train.loop import run
 
 
@@ -24,6 +24,7 @@ def main(shards: str, out: str) -> None:
         queue_size=48,
         shuffle_buffer=8,
         device="cpu",
+        monitor=MonitorConfig(holdout=4),
     )
     result = run(cfg, "segloc", shards, out)
     rank = torch.distributed.get_rank()

@@ -25,3 +25,4 @@ def test_two_ranks_keep_identical_queues(tiny_shards, tmp_path):
     assert a["metrics"]["queues_identical_across_ranks"] is True
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["world_size"] == 2 and metrics["steps"] == 3
+    assert 0 <= metrics["knn_acc"] <= 100 and metrics["chance_loss"] > 0  # rank 0's monitor

@@ -1,4 +1,5 @@
-"""Class-queue InfoNCE against naive references, the per-class enqueue and the momentum update."""
+"""Class-queue InfoNCE (instance and class positives) against naive references, the per-class
+enqueue and the momentum update."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from train import class_queue_infonce
-from train.moco import enqueue, momentum_update
+from train.moco import class_positive_infonce, enqueue, momentum_update
 
 
 def _unit(*shape: int, g: torch.Generator, dim: int) -> torch.Tensor:
@@ -79,6 +80,87 @@ def test_loss_falls_as_the_positive_aligns():
     far = class_queue_infonce(q, -q, labels, queue, 0.2)
     near = class_queue_infonce(q, q, labels, queue, 0.2)
     assert near < far
+
+
+def naive_class_positives(q, k, labels, queue, count, t):
+    """One query at a time: positives its key and the filled entries of its own queue; the
+    candidates those and every entry of the other queues."""
+    losses = []
+    for i in range(q.shape[0]):
+        own = int(labels[i])
+        filled = queue[own][:, : min(int(count[own]), queue.shape[2])]  # D x filled
+        others = [queue[c] for c in range(queue.shape[0]) if c != own]
+        positives = torch.cat([(q[i] * k[i]).sum().view(1), q[i] @ filled]) / t
+        negatives = q[i] @ torch.cat(others, 1) / t if others else q.new_zeros(0)
+        lse = torch.logsumexp(torch.cat([positives, negatives]), 0)
+        losses.append(lse - positives.mean())
+    return torch.stack(losses).mean()
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_class_positives_match_naive_per_query_loop(seed):
+    q, k, labels, queue = _problem(seed, c=2 + seed % 3, k=6)
+    g = torch.Generator().manual_seed(100 + seed)
+    count = torch.randint(0, 10, (queue.shape[0],), generator=g)  # empty, partial and wrapped
+    ours = class_positive_infonce(q, k, labels, queue, count, 0.1)
+    ref = naive_class_positives(q, k, labels, queue, count, 0.1)
+    torch.testing.assert_close(ours, ref, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_class_positives_with_empty_own_queues_are_the_instance_loss(seed):
+    q, k, labels, queue = _problem(seed)
+    count = torch.zeros(queue.shape[0], dtype=torch.long)
+    count[0] = 99  # one full queue: a positive only for its own class's queries
+    only_others = labels != 0
+    args = (q[only_others], k[only_others], labels[only_others], queue)
+    torch.testing.assert_close(
+        class_positive_infonce(*args, count, 0.2),
+        class_queue_infonce(*args, 0.2),
+        rtol=1e-10,
+        atol=1e-10,
+    )
+    # ...and with every queue full the own queue's keys do change the loss.
+    full = class_positive_infonce(q, k, labels, queue, count.fill_(99), 0.2)
+    assert (full - class_queue_infonce(q, k, labels, queue, 0.2)).abs() > 1e-3
+
+
+def test_unfilled_entries_are_never_positives():
+    q, k, labels, queue = _problem(3, n=1, c=3, k=6)
+    own = int(labels[0])
+    count = torch.full((3,), 6, dtype=torch.long)
+    count[own] = 2  # entries 0, 1 filled; 2..5 still the random start vectors
+    bank = queue.clone().requires_grad_(True)
+    class_positive_infonce(q, k, labels, bank, count, 0.2).backward()
+    assert torch.all(bank.grad[own][:, 2:] == 0) and bank.grad[own][:, :2].abs().sum() > 0
+    # Moving an unfilled entry onto the query (a perfect "positive") changes nothing.
+    moved = queue.clone()
+    moved[own, :, 3] = q[0]
+    torch.testing.assert_close(
+        class_positive_infonce(q, k, labels, moved, count, 0.2),
+        class_positive_infonce(q, k, labels, queue, count, 0.2),
+        rtol=0,
+        atol=0,
+    )
+
+
+def test_class_positives_pull_toward_filled_own_keys():
+    q, k, labels, queue = _problem(4, n=1, c=3, k=4)
+    count = torch.full((3,), 4, dtype=torch.long)
+    aligned = queue.clone()
+    aligned[labels[0]] = q[0][:, None].expand(-1, 4)  # own queue: copies of the query itself
+    near = class_positive_infonce(q, k, labels, aligned, count, 0.2)
+    assert near < class_positive_infonce(q, k, labels, queue, count, 0.2)
+
+
+def test_class_positives_stay_float32_under_bf16_autocast():
+    q, k, labels, queue = (t.float() if t.is_floating_point() else t for t in _problem(5))
+    count = torch.tensor([5, 2, 0, 9])
+    exact = class_positive_infonce(q, k, labels, queue, count, 0.2)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = class_positive_infonce(q.bfloat16(), k.bfloat16(), labels, queue, count, 0.2)
+    assert low.dtype == torch.float32 and torch.isfinite(low)
+    assert abs(low.item() - exact.item()) < 0.05
 
 
 def _reference_enqueue(queue, ptr, keys, labels):

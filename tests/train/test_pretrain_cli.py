@@ -21,6 +21,8 @@ TINY_SET = [
     "pretrain.workers=0",
     "--set",
     "pretrain.queue_size=48",
+    "--set",
+    "pretrain.monitor.holdout=4",  # the default holds out more than tiny shards have
 ]
 
 
@@ -56,7 +58,14 @@ def test_cli_run_writes_every_output(tiny_shards, tmp_path, monkeypatch):
         (None, ["--set", "pretrain.nope=1"], "unknown key"),
         (None, ["--set", "pretrain.lr=fast"], "pretrain.lr: expected a number"),
         (None, ["--set", "pretrain.steps=null"], "set exactly one"),
-        (None, ["--resume"], "no checkpoint"),
+        (None, ["--set", "pretrain.monitor.holdout=4", "--resume"], "no checkpoint"),
+        (None, [], "pretrain.monitor.holdout: 64 samples held out of the 16"),
+        (None, ["--set", "pretrain.monitor.k=0"], "pretrain.monitor.k: expected a positive"),
+        (
+            None,
+            ["--set", "pretrain.queue=single", "--set", "pretrain.positives=class"],
+            "pretrain.positives: 'class' needs one queue per class",
+        ),
     ],
 )
 def test_user_errors_are_one_line_exit_2(

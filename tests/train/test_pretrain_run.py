@@ -14,7 +14,7 @@ import train.moco
 import train.step
 from eval.inits import resolve_init
 from segloc.errors import UserError
-from train.config import AugmentConfig, PretrainConfig
+from train.config import AugmentConfig, MonitorConfig, PretrainConfig
 from train.export import load_backbone, torchvision_backbone
 from train.loop import Interrupted, run
 
@@ -27,6 +27,7 @@ TINY = PretrainConfig(
     checkpoint_every=2,
     shuffle_buffer=16,
     lr=0.5,
+    monitor=MonitorConfig(every=2, holdout=4),  # the default holds out more than tiny shards have
 )
 
 

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from segloc.errors import UserError
 from tools.queue_probe import encode_pairs, load_run, probe
-from train.config import AugmentConfig, PretrainConfig
+from train.config import AugmentConfig, MonitorConfig, PretrainConfig
 from train.data import open_shards
 from train.loop import run
 
@@ -26,7 +26,12 @@ CLASSES, DIM, KEYS = 3, 16, 8
 def _pretrain(shards: Path, out: Path, steps: int) -> None:
     """A tiny segloc pretraining run into `out`."""
     cfg = PretrainConfig(
-        steps=steps, batch_size=4, augment=AugmentConfig(crop=64), workers=0, queue_size=96
+        steps=steps,
+        batch_size=4,
+        augment=AugmentConfig(crop=64),
+        workers=0,
+        queue_size=96,
+        monitor=MonitorConfig(holdout=4),  # the default holds out more than tiny shards have
     )
     run(replace(cfg, shuffle_buffer=16), "segloc", shards, out)
 
