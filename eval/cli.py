@@ -1,13 +1,13 @@
 """`evaluate`: fine-tune from one init and score it; `evaluate report`: compare runs.
 
-    evaluate --init random --data data/pidray --out runs/finetune/random
-    evaluate --init runs/pretrain/segloc --out runs/finetune/segloc --set eval.steps=200
+    evaluate --init random --data data/pidray --out runs/eval/random            # eval.protocol
+    evaluate --init runs/pretrain/segloc --out runs/finetune/segloc --set eval.protocol=finetune
     evaluate --task instance --init random --out runs/instance/random \
         --set eval.instance.enabled=true
     evaluate report --runs 'runs/finetune/*' --pretrain 'runs/pretrain/*' --out reports
     torchrun --nproc_per_node 2 -m eval.cli --init random --out runs/finetune/random
 
-The stages themselves live in `eval.finetune`, `eval.instance` and `eval.report`.
+The stages themselves live in `eval.probe`, `eval.finetune`, `eval.instance` and `eval.report`.
 """
 
 from __future__ import annotations
@@ -54,7 +54,10 @@ from segloc.errors import UserError
 @click.option("-v", "--verbose", is_flag=True, help="debug logging")
 @click.pass_context
 def main(ctx: click.Context, task, init, data, out, params, overrides, verbose) -> None:
-    """Fine-tune a segmentation model from SPEC and score it on every test split."""
+    """Evaluate the backbone SPEC on segmentation and score it on every test split.
+
+    eval.protocol chooses how: probe (default) trains a light head on the frozen backbone's
+    stride-8 features; finetune trains the whole network (FCN/DeepLabV3)."""
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(name)s %(levelname)s %(message)s",
@@ -74,7 +77,12 @@ def main(ctx: click.Context, task, init, data, out, params, overrides, verbose) 
             return
         from eval import instance as stage
     else:
-        from eval import finetune as stage
+        from eval.config import load_eval_config, load_run_params
+
+        if load_eval_config(load_run_params(params, overrides)).protocol == "probe":
+            from eval import probe as stage
+        else:
+            from eval import finetune as stage
 
     stage.main(init, out, data=data, params=params, overrides=overrides)
 

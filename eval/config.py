@@ -39,7 +39,23 @@ class InstanceConfig:
 
 
 @dataclass(frozen=True)
+class ProbeConfig:
+    """`eval.protocol: probe`: the backbone frozen, its fused stride-8 features (C3 + upsampled
+    C4, C5) computed once per backbone and kept for every seed, a 1x1-conv head trained on them.
+    Batch, lr and weight decay are the head's own; seeds, repeats and base_size come from `eval`."""
+
+    epochs: int = 40  # passes over the labeled train images
+    batch_size: int = 16  # images per step
+    lr: float = 0.01  # AdamW, cosine-decayed to 0
+    weight_decay: float = 1e-4
+    hidden: int = 0  # 0: a linear (1x1 conv) head; > 0: 1x1 conv, BN, ReLU, 1x1 conv
+
+
+@dataclass(frozen=True)
 class EvalConfig:
+    # probe: frozen backbone, a light head on its stride-8 features (CPU default, DESIGN §6b);
+    # finetune: the whole network trained (the paper's protocol, for GPUs).
+    protocol: Literal["probe", "finetune"] = "probe"
     seed: int = 0  # repeat r trains with seed + r
     repeats: int = 3  # fine-tunes per init; results are mean ± std over them
     arch: Arch = "resnet18"  # every init must be this architecture
@@ -62,6 +78,7 @@ class EvalConfig:
     threads: int = 0  # torch CPU threads per rank; 0: the cores this process may use / local ranks
     samples_per_split: int = 2  # test images per split whose predictions are kept for the report
     save_model: bool = False  # also write OUT/model.pt (the repeat-0 model's state_dict)
+    probe: ProbeConfig = field(default_factory=ProbeConfig)
     instance: InstanceConfig = field(default_factory=InstanceConfig)
 
 
@@ -82,7 +99,17 @@ def load_eval_config(params: dict[str, Any]) -> EvalConfig:
         # ASPP's image-pooling branch runs BatchNorm on 1x1 maps: undefined for one sample.
         raise UserError("params eval.batch_size: deeplabv3 needs at least 2 images per batch")
     _check_instance(cfg.instance)
+    _check_probe(cfg.probe)
     return cfg
+
+
+def _check_probe(probe: ProbeConfig) -> None:
+    for name in ("epochs", "batch_size", "lr"):
+        if getattr(probe, name) <= 0:
+            raise UserError(f"params eval.probe.{name}: expected a positive number")
+    for name in ("weight_decay", "hidden"):
+        if getattr(probe, name) < 0:
+            raise UserError(f"params eval.probe.{name}: expected zero or more")
 
 
 def _check_instance(inst: InstanceConfig) -> None:

@@ -11,15 +11,15 @@ from eval.outputs import OVERALL
 from eval.runs import Pretrain, Run, class_names, split_names
 
 
-def plot_miou(runs: list[Run]) -> Figure:
+def plot_miou(runs: list[Run], key: str = "mIoU_fg") -> Figure:
     splits = split_names(runs)
     fig = Figure(figsize=(1.6 + 1.3 * len(splits) * max(1, len(runs)) / 3, 3.6))
     ax = fig.subplots()
     width = 0.8 / len(runs)
     x = np.arange(len(splits))
     for i, r in enumerate(runs):
-        means = [_nan(r.summary(s)["mean"]) for s in splits]
-        stds = [_nan(r.summary(s)["std"], 0.0) for s in splits]
+        means = [_nan(r.summary(s, key)["mean"]) for s in splits]
+        stds = [_nan(r.summary(s, key)["std"], 0.0) for s in splits]
         ax.bar(
             x + (i - (len(runs) - 1) / 2) * width,
             means,
@@ -29,8 +29,9 @@ def plot_miou(runs: list[Run]) -> Figure:
             label=f"{r.label} (n={r.metrics['repeats']})",
         )
     ax.set_xticks(x, splits)
-    ax.set_ylabel("mIoU (%)")
-    ax.set_title("mIoU per test split (mean ± std over repeats)")
+    name = "foreground mIoU" if key == "mIoU_fg" else key
+    ax.set_ylabel(f"{name} (%)")
+    ax.set_title(f"{name} per test split (mean ± std over repeats)")
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     ax.grid(axis="y", alpha=0.3)
     return fig
@@ -79,6 +80,23 @@ def plot_pretrain_loss(pre: list[Pretrain]) -> Figure | None:
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
     ax.set_title("Pretraining loss (faint: raw, solid: moving average)")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    return fig
+
+
+def plot_knn(pre: list[Pretrain]) -> Figure | None:
+    """Held-out kNN class accuracy over pretraining steps, one line per method."""
+    curves = [p for p in pre if p.knn is not None and len(p.knn[0])]
+    if not curves:
+        return None
+    fig = Figure(figsize=(6, 3.6))
+    ax = fig.subplots()
+    for p in curves:
+        ax.plot(*p.knn, marker="o", label=p.label)
+    ax.set_xlabel("step")
+    ax.set_ylabel("kNN accuracy (%)")
+    ax.set_title("Held-out instance kNN class accuracy (step 0: random init)")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     return fig

@@ -65,25 +65,12 @@ def main(
     """Run the stage; returns the metrics document on rank 0 (None on other ranks)."""
     env = distributed.setup()
     try:
-        resolved = load_run_params(params, overrides)
-        cfg = load_eval_config(resolved)
-        init_spec = resolve_init(init)
-        sets = load_sets(resolve_data(resolved, data))
-        if OVERALL in sets.test:
-            raise UserError(f"params data.test: '{OVERALL}' is reserved for the pooled test splits")
-        threads = distributed.set_threads(cfg.threads, env)
-        log.info(
-            "init %s: %d labeled train images, test splits %s, %d process(es) x %d threads",
-            init_spec.label,
-            len(sets.labeled),
-            ", ".join(sets.test),
-            env.world,
-            threads,
-        )
+        cfg, init_spec, sets = load_inputs(init, data, params, overrides, env, "fine-tune")
         results = [fine_tune_once(sets, init_spec, cfg, r, env) for r in range(cfg.repeats)]
         if not env.main:
             return None
         config = {
+            "protocol": "finetune",
             "eval": to_dict(cfg),
             "init": init_spec.describe(),
             "world_size": env.world,
@@ -94,6 +81,35 @@ def main(
         return metrics
     finally:
         distributed.teardown()
+
+
+def load_inputs(
+    init: str,
+    data: str | Path | None,
+    params: str | Path | None,
+    overrides: Iterable[str],
+    env: DistEnv,
+    what: str,
+) -> tuple[EvalConfig, Init, LabeledSets]:
+    """The eval config, the init and the labeled sets of a run (fine-tune or probe), checked
+    before any time is spent; sets this process's torch threads."""
+    resolved = load_run_params(params, overrides)
+    cfg = load_eval_config(resolved)
+    init_spec = resolve_init(init)
+    sets = load_sets(resolve_data(resolved, data))
+    if OVERALL in sets.test:
+        raise UserError(f"params data.test: '{OVERALL}' is reserved for the pooled test splits")
+    threads = distributed.set_threads(cfg.threads, env)
+    log.info(
+        "%s %s: %d labeled train images, test splits %s, %d process(es) x %d threads",
+        what,
+        init_spec.label,
+        len(sets.labeled),
+        ", ".join(sets.test),
+        env.world,
+        threads,
+    )
+    return cfg, init_spec, sets
 
 
 def fine_tune_once(
@@ -190,7 +206,7 @@ def predict_batch(
     a base_size square (so its prediction does not depend on the other scans of the batch), and
     its logits are cropped and upsampled back, so scores are taken on the original label pixels."""
     model.eval()
-    inputs, sizes = zip(*(_square_input(rgb, cfg.base_size) for rgb in rgbs), strict=True)
+    inputs, sizes = zip(*(square_input(rgb, cfg.base_size) for rgb in rgbs), strict=True)
     with autocast(cfg, env):
         logits = model(torch.stack(inputs).to(env.device))["out"]
     out = []
@@ -201,7 +217,8 @@ def predict_batch(
     return out
 
 
-def _square_input(rgb: np.ndarray, base: int) -> tuple[torch.Tensor, tuple[int, int]]:
+def square_input(rgb: np.ndarray, base: int) -> tuple[torch.Tensor, tuple[int, int]]:
+    """Normalised 3 x base x base input (scan at long side `base`, air padding) and its (h, w)."""
     small = resize_long(rgb, base)
     h, w = small.shape[:2]
     square = np.full((base, base, 3), PAD_VALUE, dtype=np.uint8)

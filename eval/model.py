@@ -71,7 +71,28 @@ def _dilate(resnet: nn.Module, output_stride: int) -> None:
                         m.dilation = m.padding = (d, d)
 
 
+def build_trunk(arch: str, generator: torch.Generator) -> nn.Module:
+    """Randomly initialised ResNet minus avgpool/fc returning {"c3", "c4", "c5"} (strides 8, 16,
+    32): the frozen feature extractor of the `probe` protocol. Its state_dict keys are the
+    ResNet's minus `fc`, like `model.backbone`'s, so every init loads through `load_init`."""
+    with torch.device("meta"):
+        resnet = getattr(torchvision.models, arch)(weights=None)
+        trunk = IntermediateLayerGetter(resnet, {"layer2": "c3", "layer3": "c4", "layer4": "c5"})
+    trunk.to_empty(device="cpu")
+    _init_resnet(trunk, generator)
+    return trunk
+
+
 def _init_weights(model: nn.Module, generator: torch.Generator) -> None:
+    """torchvision's ResNet init for the whole model, the classifier's last layer kept small."""
+    _init_resnet(model, generator)
+    # Small classifier weights start every class near equal probability (common practice in
+    # segmentation heads); He init on a 1x1 conv to a dozen outputs gives large initial logits.
+    last = [m for m in model.classifier.modules() if isinstance(m, nn.Conv2d)][-1]
+    nn.init.normal_(last.weight, std=0.01, generator=generator)
+
+
+def _init_resnet(model: nn.Module, generator: torch.Generator) -> None:
     """torchvision's ResNet init (He normal, fan_out; BN 1/0), drawn from `generator`."""
     for m in model.modules():
         if isinstance(m, nn.Conv2d):
@@ -84,10 +105,6 @@ def _init_weights(model: nn.Module, generator: torch.Generator) -> None:
             m.reset_parameters()  # also resets running stats left uninitialised by to_empty
         elif any(True for _ in m.parameters(recurse=False)):
             raise TypeError(f"no init rule for {type(m).__name__}")
-    # Small classifier weights start every class near equal probability (common practice in
-    # segmentation heads); He init on a 1x1 conv to a dozen outputs gives large initial logits.
-    last = [m for m in model.classifier.modules() if isinstance(m, nn.Conv2d)][-1]
-    nn.init.normal_(last.weight, std=0.01, generator=generator)
 
 
 def load_init(model: nn.Module, init: Init, arch: str) -> None:

@@ -1,17 +1,23 @@
-"""Compare fine-tuning runs (one per init) in reports/results.md with figures.
+"""Compare evaluation runs (one per init and protocol) in reports/results.md and results.json.
 
-    evaluate report --runs 'runs/finetune/*' --pretrain 'runs/pretrain/*' --out reports
+    evaluate report --runs 'runs/eval/*' --pretrain 'runs/pretrain/*' --out reports
 
 Reads each run's metrics.json, config.json and samples.npz (`eval.outputs`) and each pretraining
-run's backbone.json and plots/train.tsv (missing ones are skipped). Writes, each file atomically:
+run's backbone.json and plots/train.tsv (missing ones are skipped). Runs are grouped by the
+protocol their config.json names (probe, finetune); each group gets its own tables. Writes, each
+file atomically:
 
-    results.md           mIoU tables (mean ± std over repeats, n), differences to random init with
-                         their standard error, per-class IoU, and the settings behind them;
-                         with instance runs (`evaluate --task instance`) also COCO AP/AR tables
-    miou.png             mIoU per init and split with ± std error bars
+    results.md           per protocol: foreground mIoU and mIoU tables (mean ± std over repeats,
+                         n), differences to random init with their standard error, per-class IoU,
+                         and the settings behind them; with instance runs (`evaluate --task
+                         instance`) also COCO AP/AR tables
+    results.json         the same numbers: protocol -> init -> split -> miou / fg_miou ->
+                         {mean, std, n}, in percent (`results_doc`)
+    miou.png             foreground mIoU per init and split with ± std error bars
     per_class_iou.png    heatmap init x class (all test splits pooled)
     pretrain_loss.png    pretraining loss curves
     qualitative.png      scan, ground truth and each init's prediction on the same test images
+    (a second protocol's figures carry its name: miou_finetune.png, ...)
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from eval.coco_eval import REPORTED
-from eval.figures import plot_miou, plot_per_class, plot_pretrain_loss, plot_samples
+from eval.figures import plot_knn, plot_miou, plot_per_class, plot_pretrain_loss, plot_samples
 from eval.outputs import OVERALL
 from eval.runs import (
     RANDOM,
@@ -37,40 +43,92 @@ from eval.runs import (
     load_run,
     split_names,
 )
-from segloc.atomic import atomic_path, write_text
+from segloc.atomic import atomic_path, write_json, write_text
 from segloc.errors import UserError
 
 log = logging.getLogger(__name__)
 
 
+PROTOCOL_TITLES = {
+    "probe": "Frozen-backbone probe (eval.protocol probe)",
+    "finetune": "Full fine-tuning (eval.protocol finetune)",
+}
+
+
 def main(runs: Iterable[str], pretrain: Iterable[str], out: str | Path) -> Path:
     every = [load_run(p) for p in expand(runs, "--runs")]
-    loaded = label_runs([r for r in every if r.task != "instance"])
+    semantic = by_protocol([r for r in every if r.task != "instance"])
     instance = label_runs([r for r in every if r.task == "instance" and r.metrics["splits"]])
     for r in every:
         if r.task == "instance" and not r.metrics["splits"]:
             log.info("%s: instance run with eval.instance.enabled false, left out", r.path)
-    if not loaded and not instance:
+    if not semantic and not instance:
         raise UserError("--runs: no run with scores (instance runs were all disabled)")
     pre = [load_pretrain(p) for p in expand(pretrain, "--pretrain", required=False)]
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    figures = {"pretrain_loss.png": plot_pretrain_loss(pre)}
-    if loaded:
-        figures = {
-            "miou.png": plot_miou(loaded),
-            "per_class_iou.png": plot_per_class(loaded),
-            **figures,
-            "qualitative.png": plot_samples(loaded),
+    figures = {"pretrain_loss.png": plot_pretrain_loss(pre), "knn.png": plot_knn(pre)}
+    per_protocol = {}
+    for i, (protocol, group) in enumerate(semantic.items()):
+        suffix = "" if i == 0 else f"_{protocol}"  # the first protocol's figures keep plain names
+        mine = {
+            f"miou{suffix}.png": plot_miou(group),
+            f"per_class_iou{suffix}.png": plot_per_class(group),
+            f"qualitative{suffix}.png": plot_samples(group),
         }
+        per_protocol[protocol] = [n for n, f in mine.items() if f is not None]
+        figures |= mine
     for name, fig in figures.items():
         if fig is not None:
             with atomic_path(out / name) as tmp:
                 fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
-    md = render_markdown(loaded, pre, [n for n, f in figures.items() if f is not None], instance)
+    shown = [n for n in ("pretrain_loss.png", "knn.png") if figures[n] is not None]
+    write_json(out / "results.json", results_doc(semantic, pre))
+    md = render_markdown(semantic, pre, per_protocol, instance, shown)
     write_text(out / "results.md", md)
     log.info("wrote %s (%d runs, %d pretraining runs)", out / "results.md", len(every), len(pre))
     return out / "results.md"
+
+
+def by_protocol(runs: list[Run]) -> dict[str, list[Run]]:
+    """Semantic runs grouped by evaluation protocol, probe first, each group labeled apart."""
+    groups = {p: label_runs([r for r in runs if r.protocol == p]) for p in PROTOCOL_TITLES}
+    return {p: g for p, g in groups.items() if g}
+
+
+def results_doc(semantic: dict[str, list[Run]], pre: list[Pretrain] = ()) -> dict[str, Any]:
+    """results.json: protocol -> init -> split -> {miou, fg_miou} -> {mean, std, n}, percent;
+    and "pretrain" -> method -> {knn_acc} (the monitor's final held-out kNN accuracy, percent),
+    with "random" the first run's step-0 figure. Inits and methods are named as dvc.yaml names
+    them (the pretraining run's folder, or `random`)."""
+
+    def pct(summary: dict[str, Any]) -> dict[str, Any]:
+        scale = lambda v: None if v is None else round(100 * v, 4)  # noqa: E731
+        return {
+            "mean": scale(summary["mean"]),
+            "std": scale(summary["std"]),
+            "n": len(summary["values"]),
+        }
+
+    doc: dict[str, Any] = {
+        protocol: {
+            r.init_key: {
+                split: {"miou": pct(r.summary(split)), "fg_miou": pct(r.summary(split, "mIoU_fg"))}
+                for split in r.metrics["splits"]
+            }
+            for r in group
+        }
+        for protocol, group in semantic.items()
+    }
+    monitored = [p for p in pre if p.metrics.get("knn_acc") is not None]
+    if monitored:
+        doc["pretrain"] = {p.path.name: {"knn_acc": p.metrics["knn_acc"]} for p in monitored}
+        init = next(
+            (p.metrics["knn_acc_init"] for p in monitored if "knn_acc_init" in p.metrics), None
+        )
+        if init is not None:
+            doc["pretrain"]["random"] = {"knn_acc": init}
+    return doc
 
 
 def _pct(summary: dict[str, Any]) -> str:
@@ -140,21 +198,30 @@ def settings_diff(runs: list[Run]) -> list[str]:
 
 
 def render_markdown(
-    runs: list[Run], pre: list[Pretrain], figures: list[str], instance: list[Run] | None = None
+    semantic: dict[str, list[Run]],
+    pre: list[Pretrain],
+    figures: dict[str, list[str]],
+    instance: list[Run] | None = None,
+    other_figures: list[str] = (),
 ) -> str:
-    """Semantic `runs` (mIoU) and/or `instance` runs (COCO AP/AR), each part only if given."""
+    """Semantic runs (mIoU) per protocol, with that protocol's `figures`, and/or `instance`
+    runs (COCO AP/AR); `other_figures` (the pretraining curves) after them."""
     parts = ["# Segmentation transfer results\n"]
-    if runs:
-        parts += _semantic_parts(runs, figures)
-    else:
-        parts += [f"![{name}]({name})\n" for name in figures]
+    for protocol, runs in semantic.items():
+        parts += [f"## {PROTOCOL_TITLES[protocol]}\n", *_semantic_parts(runs)]
+        parts += [f"![{name}]({name})\n" for name in figures.get(protocol, [])]
+    parts += [f"![{name}]({name})\n" for name in other_figures]
     if instance:
         parts += instance_parts(instance)
-    parts += [_finetune_settings(runs or instance or []), _pretrain_settings(pre)]
+    for protocol, runs in semantic.items():
+        parts.append(_eval_settings(runs, PROTOCOL_TITLES[protocol]))
+    if instance:
+        parts.append(_eval_settings(instance, "Instance segmentation"))
+    parts.append(_pretrain_settings(pre))
     return "\n".join(parts)
 
 
-def _semantic_parts(runs: list[Run], figures: list[str]) -> list[str]:
+def _semantic_parts(runs: list[Run]) -> list[str]:
     parts = [_reading_guide(runs)]
     differ = settings_diff(runs)
     if differ:
@@ -162,24 +229,23 @@ def _semantic_parts(runs: list[Run], figures: list[str]) -> list[str]:
             f"**Warning:** the runs differ in eval settings {', '.join(differ)}; "
             "their scores are not a like-for-like comparison.\n"
         )
-    parts += ["## mIoU (%), background included\n", score_table(runs, "mIoU")]
-    deltas = delta_table(runs, "mIoU")
-    if deltas:
-        parts += ["## Difference to random init (mIoU points ± standard error)\n", deltas]
-    parts += ["## Foreground mIoU (%), item classes only\n", score_table(runs, "mIoU_fg")]
+    parts += ["### Foreground mIoU (%), item classes only\n", score_table(runs, "mIoU_fg")]
     deltas = delta_table(runs, "mIoU_fg")
     if deltas:
         parts += [
             "### Difference to random init (foreground mIoU points ± standard error)\n",
             deltas,
         ]
+    parts += ["### mIoU (%), background included\n", score_table(runs, "mIoU")]
+    deltas = delta_table(runs, "mIoU")
+    if deltas:
+        parts += ["### Difference to random init (mIoU points ± standard error)\n", deltas]
     parts += [
-        "## Accuracy (%), all test splits pooled\n",
+        "### Accuracy (%), all test splits pooled\n",
         accuracy_table(runs),
-        "## Per-class IoU (%), all test splits pooled, mean over repeats\n",
+        "### Per-class IoU (%), all test splits pooled, mean over repeats\n",
         per_class_table(runs),
     ]
-    parts += [f"![{name}]({name})\n" for name in figures]
     return parts
 
 
@@ -232,10 +298,10 @@ def _reading_guide(runs: list[Run]) -> str:
     )
 
 
-def _finetune_settings(runs: list[Run]) -> str:
+def _eval_settings(runs: list[Run], title: str) -> str:
     cfg, data = runs[0].config["eval"], runs[0].config["data"]
     lines = [
-        "## Fine-tuning settings\n",
+        f"## Settings: {title}\n",
         f"Labeled train images: {data['labeled_images']} of {data['train_images']}; "
         "test images: " + ", ".join(f"{k} {v['images']}" for k, v in data["test"].items()) + ".\n",
         _table(["key", "value"], [[k, json.dumps(v)] for k, v in sorted(cfg.items())]),

@@ -8,7 +8,7 @@ import glob
 import json
 import logging
 from collections.abc import Iterable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +40,18 @@ class Run:
         """Either semantic (mIoU, `eval.finetune`) or instance (COCO AP/AR, `eval.instance`)."""
         return str(self.metrics.get("task", "semantic"))
 
+    @property
+    def protocol(self) -> str:
+        """probe or finetune (runs written before protocols existed were fine-tunes)."""
+        return str(self.config.get("protocol", "finetune"))
+
+    @property
+    def init_key(self) -> str:
+        """The init's name as dvc.yaml gives it: `random`, `imagenet`, or the folder of the
+        pretraining run whose backbone.pt it loaded (e.g. `segloc-single`)."""
+        path = self.config["init"].get("path")
+        return self.kind if self.kind != "backbone" or not path else Path(path).parent.name
+
     def summary(self, split: str, key: str = "mIoU") -> dict[str, Any]:
         return self.metrics["splits"][split][key]
 
@@ -50,6 +62,8 @@ class Pretrain:
     label: str
     meta: dict[str, Any]  # backbone.json
     curve: tuple[np.ndarray, np.ndarray] | None  # (step, loss) from plots/train.tsv
+    metrics: dict[str, Any] = field(default_factory=dict)  # metrics.json ({} if missing)
+    knn: tuple[np.ndarray, np.ndarray] | None = None  # (step, knn_acc) from plots/monitor.tsv
 
 
 def expand(patterns: Iterable[str], option: str, required: bool = True) -> list[Path]:
@@ -86,7 +100,17 @@ def load_pretrain(path: Path) -> Pretrain:
         raise UserError(f"--pretrain {path}: not a folder")
     meta_path = path / "backbone.json"
     meta = _read_json(meta_path) if meta_path.is_file() else {}
-    return Pretrain(path, card_label(meta, path), meta, _read_curve(path / "plots" / "train.tsv"))
+    metrics_path = path / "metrics.json"
+    metrics = _read_json(metrics_path) if metrics_path.is_file() else {}
+    monitor = path / "plots" / "monitor.tsv"
+    return Pretrain(
+        path,
+        card_label(meta, path),
+        meta,
+        _read_curve(path / "plots" / "train.tsv"),
+        metrics,
+        _read_curve(monitor, "knn_acc") if monitor.is_file() else None,
+    )
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -101,19 +125,19 @@ def _read_json(path: Path) -> dict[str, Any]:
     return data
 
 
-def _read_curve(path: Path) -> tuple[np.ndarray, np.ndarray] | None:
+def _read_curve(path: Path, column: str = "loss") -> tuple[np.ndarray, np.ndarray] | None:
     if not path.is_file():
-        log.warning("%s: not found; no loss curve for this run", path)
+        log.warning("%s: not found; no %s curve for this run", path, column)
         return None
     with path.open(newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f, delimiter="\t"))
     try:
         steps = np.array([float(r["step"]) for r in rows])
-        loss = np.array([float(r["loss"]) for r in rows])
+        values = np.array([float(r[column]) for r in rows])
     except (KeyError, TypeError, ValueError):
-        log.warning("%s: expected numeric 'step' and 'loss' columns; curve skipped", path)
+        log.warning("%s: expected numeric 'step' and '%s' columns; curve skipped", path, column)
         return None
-    return steps, loss
+    return steps, values
 
 
 def label_runs(runs: list[Run]) -> list[Run]:

@@ -74,6 +74,7 @@ def pidray(tmp_path: Path) -> Path:
 def tiny() -> list[str]:
     """Fast recipe for tests: a few steps on tiny crops, two repeats so std is defined."""
     return [
+        "eval.protocol=finetune",
         "eval.steps=3",
         "eval.batch_size=2",
         "eval.crop_size=48",
@@ -82,4 +83,18 @@ def tiny() -> list[str]:
         "eval.output_stride=32",
         "eval.samples_per_split=1",
         "eval.threads=1",  # one thread: tiny tensors, and no spinning threads on a busy machine
+    ]
+
+
+@pytest.fixture
+def tiny_probe() -> list[str]:
+    """Fast probe recipe: a few epochs on 64-px inputs, two repeats so std is defined."""
+    return [
+        "eval.protocol=probe",
+        "eval.probe.epochs=3",
+        "eval.probe.batch_size=4",
+        "eval.base_size=64",
+        "eval.repeats=2",
+        "eval.samples_per_split=1",
+        "eval.threads=1",
     ]

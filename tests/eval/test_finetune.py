@@ -104,7 +104,7 @@ def test_same_seed_same_result(pidray, tmp_path, tiny):
     assert torch.equal(before, torch.random.get_rng_state())  # the global RNG is left alone
 
 
-def test_report_renders_from_two_runs(pidray, tmp_path, tiny):
+def test_report_renders_both_protocols_and_results_json(pidray, tmp_path, tiny, tiny_probe):
     pre = tmp_path / "pretrain" / "segloc"
     (pre / "plots").mkdir(parents=True)
     state = {
@@ -119,14 +119,18 @@ def test_report_renders_from_two_runs(pidray, tmp_path, tiny):
     (pre / "plots" / "train.tsv").write_text(
         "step\tloss\tlr\n" + "".join(f"{i}\t{5 - i * 0.1}\t0.03\n" for i in range(20))
     )
-    for init, name in (("random", "random"), (pre, "segloc")):
-        result = _run(
-            ["--init", init, "--data", pidray, "--out", tmp_path / "ft" / name, *_sets_args(tiny)]
-        )
-        assert result.exit_code == 0, result.output
+    (pre / "plots" / "monitor.tsv").write_text("step\tknn_acc\n0\t10.0\n10\t30.0\n20\t45.5\n")
+    (pre / "metrics.json").write_text(json.dumps({"knn_acc": 45.5, "knn_acc_init": 10.0}))
+    for protocol, recipe in (("ft", tiny), ("probe", tiny_probe)):
+        for init, name in (("random", "random"), (pre, "segloc")):
+            out = tmp_path / protocol / name
+            result = _run(["--init", init, "--data", pidray, "--out", out, *_sets_args(recipe)])
+            assert result.exit_code == 0, result.output
     result = _run(
         [
             "report",
+            "--runs",
+            str(tmp_path / "probe" / "*"),
             "--runs",
             str(tmp_path / "ft" / "*"),
             "--pretrain",
@@ -139,12 +143,30 @@ def test_report_renders_from_two_runs(pidray, tmp_path, tiny):
     )
     assert result.exit_code == 0, result.output
     md = (tmp_path / "reports" / "results.md").read_text()
-    assert "| random | 2 |" in md and "| segloc | 2 |" in md
-    assert "## Difference to random init" in md
-    assert re.search(r"\| segloc \| [+-]\d+\.\d ± \d+\.\d \|", md)
-    for png in ("miou.png", "per_class_iou.png", "pretrain_loss.png", "qualitative.png"):
+    probe_at, finetune_at = md.index("## Frozen-backbone probe"), md.index("## Full fine-tuning")
+    assert probe_at < finetune_at  # the default protocol first
+    for part in (md[probe_at:finetune_at], md[finetune_at:]):
+        assert "| random | 2 |" in part and "| segloc | 2 |" in part
+        assert "### Difference to random init" in part
+        assert re.search(r"\| segloc \| [+-]\d+\.\d ± \d+\.\d \|", part)
+    pngs = ["miou.png", "per_class_iou.png", "qualitative.png", "pretrain_loss.png", "knn.png"]
+    pngs += ["miou_finetune.png", "per_class_iou_finetune.png", "qualitative_finetune.png"]
+    for png in pngs:
         assert (tmp_path / "reports" / png).read_bytes().startswith(PNG)
         assert f"]({png})" in md
+    doc = json.loads((tmp_path / "reports" / "results.json").read_text())
+    assert set(doc) == {"probe", "finetune", "pretrain"}
+    assert doc["pretrain"] == {"segloc": {"knn_acc": 45.5}, "random": {"knn_acc": 10.0}}
+    for protocol in ("probe", "finetune"):
+        assert set(doc[protocol]) == {"random", "segloc"}
+        cell = doc[protocol]["segloc"]["overall"]
+        assert set(doc[protocol]["segloc"]) == {"easy", "hard", "hidden", "overall"}
+        assert cell["fg_miou"]["n"] == 2 and 0 <= cell["miou"]["mean"] <= 100
+        # The same numbers as the run's metrics.json, in percent.
+        folder = "ft" if protocol == "finetune" else "probe"
+        metrics = json.loads((tmp_path / folder / "segloc" / "metrics.json").read_text())
+        mean = metrics["splits"]["overall"]["mIoU_fg"]["mean"]
+        assert cell["fg_miou"]["mean"] == pytest.approx(100 * mean, abs=1e-3)
 
 
 def _one_line_error(result, *fragments):

@@ -1,0 +1,302 @@
+"""Frozen-backbone probe: a light head on a backbone's stride-8 features, scored on every test split.
+
+    evaluate --init runs/pretrain/segloc --out runs/eval/segloc          # eval.protocol: probe
+    evaluate --init random --out runs/eval/random --set eval.probe.epochs=80
+
+The backbone never trains (docs/design.md, evaluation protocols). Each scan is resized to long side
+eval.base_size and padded with air to a square, as fine-tuning scores it; the fused stride-8 map
+(`segloc.dense`: C3 + upsampled C4, C5) of every labeled train scan and every test scan is
+computed once, standardised per channel with the train scans' statistics, and kept in memory for
+every seed. Repeat r trains a 1x1-conv head (eval.probe) with seed eval.seed + r: its logits are
+upsampled to the input and trained with per-pixel cross-entropy (255 ignored), then scored on the
+original label pixels with the same confusion-matrix metrics as fine-tuning (`eval.outputs`).
+
+Random features score near zero here while a representation that separates the item classes
+scores high: the dynamic range that full fine-tuning on a CPU budget lacks.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from eval import distributed
+from eval.config import EvalConfig, ProbeConfig
+from eval.data import (
+    LabeledSets,
+    load_example,
+    resize_long,
+)
+from eval.finetune import SAMPLE_SIZE, data_summary, load_inputs, square_input
+from eval.inits import Init
+from eval.metrics import ConfusionMatrix
+from eval.model import build_trunk, load_resnet_body
+from eval.outputs import OVERALL, RepeatResult, write_run
+from segloc.coco import IGNORE, CocoSet, ImageInfo
+from segloc.dense import fuse_stride8
+from segloc.errors import UserError
+from segloc.params import to_dict
+
+log = logging.getLogger(__name__)
+
+EXTRACT_BATCH = 16  # scans per forward pass of the frozen trunk
+# The head trains against class maps at half the input scale: a third of the cost of the full
+# scale per step on CPU (measured), while items stay several pixels wide; scoring is always on
+# the original label pixels.
+LABEL_SCALE = 2
+
+
+@dataclass
+class Features:
+    """Fused stride-8 features of a list of scans, padded to base_size squares."""
+
+    feats: torch.Tensor  # N x F x g x g float32, g = ceil(base_size / 8)
+    sizes: list[tuple[int, int]]  # (h, w) of each scan at the input scale, before padding
+    labels: torch.Tensor | None = None  # N x b x b uint8 class maps, b = base / 2, 255 ignored
+    truths: list[torch.Tensor] | None = None  # H x W class maps at the original size (test)
+
+
+def main(
+    init: str,
+    out: str | Path,
+    data: str | Path | None = None,
+    params: str | Path | None = None,
+    overrides: Iterable[str] = (),
+) -> dict[str, Any]:
+    """Run the probe protocol for one init; returns the metrics document."""
+    env = distributed.setup()
+    try:
+        if env.world > 1:
+            raise UserError("eval.protocol probe runs in one process: launch it without torchrun")
+        cfg, init_spec, sets = load_inputs(init, data, params, overrides, env, "probe")
+        start = time.perf_counter()
+        trunk = frozen_trunk(init_spec, cfg, env.device)
+        train = extract(trunk, sets.train, sets.labeled, cfg.base_size, env.device, labels=True)
+        tests = {
+            name: extract(trunk, coco, coco.images, cfg.base_size, env.device, truths=True)
+            for name, coco in sets.test.items()
+        }
+        check_finite(train, init_spec)
+        standardize(train, list(tests.values()))
+        seconds = time.perf_counter() - start
+        log.info("features: %d channels at stride 8, %.1f s", train.feats.shape[1], seconds)
+        results = [
+            probe_once(train, tests, sets, cfg, cfg.seed + r, env.device, samples=r == 0)
+            for r in range(cfg.repeats)
+        ]
+        config = {
+            "protocol": "probe",
+            "eval": to_dict(cfg),
+            "init": init_spec.describe(),
+            "world_size": 1,
+            "data": data_summary(sets),
+            "features": {
+                "channels": int(train.feats.shape[1]),
+                "stride": 8,
+                "grid": int(train.feats.shape[-1]),
+                "seconds": seconds,
+            },
+        }
+        return write_run(out, results, sets.label_names, config)
+    finally:
+        distributed.teardown()
+
+
+def frozen_trunk(init: Init, cfg: EvalConfig, device: torch.device) -> nn.Module:
+    """The init's ResNet (C3..C5 outputs) in eval mode, no gradients; random init from eval.seed,
+    so every repeat of a random-init probe reads the same random features."""
+    trunk = build_trunk(cfg.arch, torch.Generator().manual_seed(cfg.seed))
+    load_resnet_body(trunk, init, cfg.arch)
+    trunk.eval().requires_grad_(False)
+    return trunk.to(device)
+
+
+def square_labels(truth: np.ndarray, base: int) -> torch.Tensor:
+    """base x base uint8 class map at the input scale, padding ignored."""
+    small = resize_long(truth, base, nearest=True)
+    square = np.full((base, base), IGNORE, dtype=np.uint8)
+    square[: small.shape[0], : small.shape[1]] = small
+    return torch.from_numpy(square)
+
+
+@torch.no_grad()
+def features_of(trunk: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """N x F x g x g fused stride-8 map of a batch of normalised inputs (on the trunk's device)."""
+    maps = trunk(x)
+    return fuse_stride8([maps["c3"], maps["c4"], maps["c5"]]).float()
+
+
+def extract(
+    trunk: nn.Module,
+    coco: CocoSet,
+    images: Sequence[ImageInfo],
+    base: int,
+    device: torch.device,
+    labels: bool = False,
+    truths: bool = False,
+) -> Features:
+    """Features of `images` in order, with their class maps at the input scale (`labels`, to
+    train on) or at the original size (`truths`, to score)."""
+    feats, sizes, maps, originals = [], [], [], []
+    desc = f"features {coco.json_path.stem}"
+    for first in tqdm(range(0, len(images), EXTRACT_BATCH), desc=desc, leave=False):
+        inputs = []
+        for image in images[first : first + EXTRACT_BATCH]:
+            rgb, truth = load_example(coco, image)
+            x, size = square_input(rgb, base)
+            inputs.append(x)
+            sizes.append(size)
+            if labels:
+                maps.append(square_labels(truth, base // LABEL_SCALE))
+            if truths:
+                originals.append(torch.from_numpy(truth).to(device))
+        feats.append(features_of(trunk, torch.stack(inputs).to(device)))
+    return Features(
+        torch.cat(feats),
+        sizes,
+        torch.stack(maps).to(device) if labels else None,
+        originals if truths else None,
+    )
+
+
+def check_finite(train: Features, init: Init) -> None:
+    if not bool(torch.isfinite(train.feats).all()):
+        where = init.path if init.path is not None else init.label
+        raise UserError(f"{where}: the backbone's features are not finite (NaN or inf weights?)")
+
+
+def standardize(train: Features, others: Sequence[Features]) -> None:
+    """Per-channel zero mean, unit variance with the train scans' statistics, in place: every
+    init's head then starts from equally scaled inputs (random trunks' activations are large)."""
+    mean = train.feats.mean((0, 2, 3), keepdim=True)
+    std = train.feats.std((0, 2, 3), keepdim=True).clamp(min=1e-6)
+    for f in (train, *others):
+        f.feats.sub_(mean).div_(std)
+
+
+def make_head(channels: int, classes: int, cfg: ProbeConfig, g: torch.Generator) -> nn.Module:
+    """1x1-conv head (linear, or one hidden layer with BN), initialised from `g`."""
+    if cfg.hidden == 0:
+        head = nn.Sequential(nn.Conv2d(channels, classes, 1))
+    else:
+        head = nn.Sequential(
+            nn.Conv2d(channels, cfg.hidden, 1, bias=False),
+            nn.BatchNorm2d(cfg.hidden),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(cfg.hidden, classes, 1),
+        )
+    with torch.no_grad():
+        for m in head.modules():
+            if isinstance(m, nn.Conv2d):
+                bound = 1.0 / math.sqrt(m.in_channels)  # nn.Conv2d's default range, seeded
+                m.weight.uniform_(-bound, bound, generator=g)
+                if m.bias is not None:
+                    m.bias.zero_()
+    return head
+
+
+def probe_once(
+    train: Features,
+    tests: dict[str, Features],
+    sets: LabeledSets,
+    cfg: EvalConfig,
+    seed: int,
+    device: torch.device,
+    samples: bool = False,
+) -> RepeatResult:
+    start = time.perf_counter()
+    head, losses = train_head(train, len(sets.label_names), cfg, seed, device)
+    trained = time.perf_counter()
+    matrices = {
+        name: score(head, tests[name], len(sets.label_names), cfg.base_size) for name in sets.test
+    }
+    matrices[OVERALL] = sum(matrices.values())
+    seconds = {"train": trained - start, "test": time.perf_counter() - trained}
+    log.info("seed %d: head trained in %.1f s, scored in %.1f s", seed, *seconds.values())
+    result = RepeatResult(seed, matrices, losses, seconds)
+    if samples:
+        result.samples = probe_samples(head, tests, sets, cfg)
+    return result
+
+
+def train_head(
+    train: Features, classes: int, cfg: EvalConfig, seed: int, device: torch.device
+) -> tuple[nn.Module, list[float]]:
+    """AdamW with cosine-decayed lr for eval.probe.epochs passes; returns the head and its losses."""
+    p = cfg.probe
+    g = torch.Generator().manual_seed(seed)
+    head = make_head(train.feats.shape[1], classes, p, g).to(device)
+    opt = torch.optim.AdamW(head.parameters(), lr=p.lr, weight_decay=p.weight_decay)
+    n = train.feats.shape[0]
+    per_epoch = math.ceil(n / p.batch_size)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / (p.epochs * per_epoch)))
+    )
+    losses = []
+    head.train()
+    for _ in tqdm(range(p.epochs), desc=f"probe seed {seed}", leave=False):
+        order = torch.randperm(n, generator=g)
+        for first in range(0, n, p.batch_size):
+            idx = order[first : first + p.batch_size].to(device)
+            logits = upsample(head(train.feats[idx]), train.labels.shape[-1])
+            loss = F.cross_entropy(logits, train.labels[idx].long(), ignore_index=IGNORE)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            losses.append(loss.item())
+    head.eval()
+    return head, losses
+
+
+def upsample(logits: torch.Tensor, side: int) -> torch.Tensor:
+    return F.interpolate(logits, size=(side, side), mode="bilinear", align_corners=False)
+
+
+@torch.no_grad()
+def predict(head: nn.Module, feats: Features, index: int, shape: tuple[int, int], base: int):
+    """H x W class map of scan `index` at its original size `shape`."""
+    h, w = feats.sizes[index]
+    logits = upsample(head(feats.feats[index : index + 1]), base)[:, :, :h, :w]
+    return F.interpolate(logits, size=shape, mode="bilinear", align_corners=False)[0].argmax(0)
+
+
+def score(head: nn.Module, feats: Features, classes: int, base: int) -> np.ndarray:
+    """Pixel confusion matrix of one split, scored on the original label pixels."""
+    cm = ConfusionMatrix(classes, feats.feats.device)
+    for i, truth in enumerate(feats.truths):
+        cm.update(truth, predict(head, feats, i, tuple(truth.shape), base))
+    return cm.numpy()
+
+
+def probe_samples(
+    head: nn.Module, tests: dict[str, Features], sets: LabeledSets, cfg: EvalConfig
+) -> dict[str, np.ndarray]:
+    """Scan, truth and prediction of evenly spaced test images, as fine-tuning keeps them."""
+    arrays: dict[str, np.ndarray] = {}
+    names = []
+    for split, coco in sets.test.items():
+        picks = np.unique(np.linspace(0, len(coco.images) - 1, cfg.samples_per_split).round())
+        for i in picks.astype(int):
+            rgb, truth = load_example(coco, coco.images[i])
+            pred = predict(head, tests[split], i, truth.shape, cfg.base_size)
+            k = len(names)
+            arrays[f"scan_{k}"] = resize_long(rgb, SAMPLE_SIZE)
+            arrays[f"truth_{k}"] = resize_long(truth, SAMPLE_SIZE, nearest=True)
+            arrays[f"pred_{k}"] = resize_long(
+                pred.cpu().numpy().astype(np.uint8), SAMPLE_SIZE, nearest=True
+            )
+            names.append(f"{split}:{coco.images[i].file_name}")
+    arrays["names"] = np.array(names)
+    return arrays
