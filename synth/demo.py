@@ -65,12 +65,26 @@ class Scale:
     backgrounds: int  # SIXray-like scans, positives included
     positives: int  # of which hold threat items
     long_side: tuple[int, int]  # canvas long side range, px
+    item_zoom: float = 1.0  # item length against the bag (xray.ITEM_LENGTH x this)
+    clutter_share: float = 1.0  # clutter objects per bag (xray.CLUTTER_COUNT x this)
 
 
 SCALES = {
     "tiny": Scale(train=12, test=4, backgrounds=24, positives=3, long_side=(160, 192)),
     "small": Scale(train=120, test=30, backgrounds=400, positives=16, long_side=(256, 320)),
-    "default": Scale(train=500, test=100, backgrounds=2000, positives=60, long_side=(256, 320)),
+    # Sized for learning on a CPU (docs/2026-11-30-learnable-default.md): scans at the
+    # resolution the learners read, items larger against the bag, half the clutter.
+    "default": Scale(
+        train=500,
+        test=100,
+        backgrounds=2000,
+        positives=60,
+        long_side=(112, 144),
+        item_zoom=1.6,
+        clutter_share=0.3,
+    ),
+    # PIDray-like proportions at twice the resolution: for a GPU.
+    "full": Scale(train=500, test=100, backgrounds=2000, positives=60, long_side=(256, 320)),
 }
 
 
@@ -121,7 +135,9 @@ def render_image(task: Task) -> Rendered:
     rng = np.random.default_rng([task.seed, task.split.code, task.index])
     height, width = _canvas(rng, task.scale.long_side)
     items, clutter = _contents(task, rng)
-    scan = xray.simulate_scan(rng, height, width, items, clutter)
+    scan = xray.simulate_scan(
+        rng, height, width, items, clutter, task.scale.item_zoom, task.scale.clutter_share
+    )
     ok, buf = cv2.imencode(".jpg", scan.rgb[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
     if not ok:
         raise RuntimeError("JPEG encoding failed")
@@ -392,7 +408,8 @@ def sixray_csv(rendered: Iterable[Rendered]) -> str:
     default="default",
     show_default=True,
     help="Size: tiny (tests: 12 train, 4 per test split, 24 backgrounds), small (120/30/400), "
-    "default (the pipeline's input: 500/100/2000, about a minute on 2 cores).",
+    "default (the pipeline's input: 500/100/2000, 112-144 px scans sized for CPU learning, "
+    "about 15 s on 2 cores), full (500/100/2000 at 256-320 px, PIDray-like item sizes).",
 )
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of every random draw.")
 @click.option(

@@ -1108,17 +1108,28 @@ class Scan:
 
 
 def simulate_scan(
-    rng: np.random.Generator, height: int, width: int, items: Sequence[str], clutter: str
+    rng: np.random.Generator,
+    height: int,
+    width: int,
+    items: Sequence[str],
+    clutter: str,
+    item_zoom: float = 1.0,
+    clutter_share: float = 1.0,
 ) -> Scan:
-    """A bag holding `items` (class names) among clutter ("light", "medium" or "dense")."""
+    """A bag holding `items` (class names) among clutter ("light", "medium" or "dense").
+
+    `item_zoom` scales the items' length against the bag (ITEM_LENGTH); `clutter_share` scales
+    the number of clutter objects of every level (CLUTTER_COUNT), so levels keep their order.
+    """
     unit_px = max(height, width) / REFERENCE_SIDE
     film, contents = Film(height, width), Film(height, width)
     box, inside = draw_bag(film, rng, unit_px)
-    for _ in range(int(rng.integers(*CLUTTER_COUNT[clutter]))):
+    lo, hi = CLUTTER_COUNT[clutter]
+    for _ in range(int(rng.integers(round(lo * clutter_share), round(hi * clutter_share) + 1))):
         _place(contents, _clutter_sketch(rng, unit_px), rng, box)
     masks: list[np.ndarray] = []
     for name in items:
-        masks.append(_place_item(film, name, rng, unit_px, box, masks))
+        masks.append(_place_item(film, name, rng, unit_px * item_zoom, box, masks))
     if clutter == "dense":  # hide every item under one or two heavy objects
         for mask in masks:
             for _ in range(int(rng.integers(1, 3))):

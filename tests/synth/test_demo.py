@@ -216,6 +216,27 @@ def test_every_class_draws_a_footprint_inside_the_canvas():
         assert len(scan.masks) == 2 and all(m.shape == (120, 150) and m.any() for m in scan.masks)
 
 
+def test_item_zoom_grows_items_and_clutter_share_empties_the_bag():
+    """The knobs the CPU default turns: items larger against the bag, fewer clutter objects."""
+
+    def footprint(zoom: float) -> float:
+        areas = []
+        for k in range(6):
+            rng = np.random.default_rng([7, k])
+            scan = xray.simulate_scan(rng, 150, 200, ["Wrench"], "light", item_zoom=zoom)
+            areas.append(scan.masks[0].sum())
+        return float(np.mean(areas))
+
+    assert footprint(1.4) > 1.6 * footprint(1.0)  # area grows with the square of the length
+    # No clutter: outside the items the bag is much brighter than with full clutter.
+    bright = []
+    for share in (1.0, 0.0):
+        rng = np.random.default_rng(3)
+        scan = xray.simulate_scan(rng, 150, 200, ["Knife"], "dense", clutter_share=share)
+        bright.append(scan.rgb[~scan.masks[0]].mean())
+    assert bright[1] > bright[0] + 10
+
+
 def test_display_colours_follow_the_material():
     """Air renders white; organic matter orange (red > blue), metal blue (blue > red)."""
     rng = np.random.default_rng(0)
