@@ -36,7 +36,7 @@ mkdir -p "$WORK"
 stamp "demo data and render on $CORES cores"
 # Everything lives under $WORK: its own demo data, and a copy of params.yaml pointing at it, so
 # the workspace's data/ and dvc state are left alone.
-cli synth.cli demo-data --out "$WORK/demo" --scale default --seed 0 --workers 0 --force
+cli synth.cli demo-data --out "$WORK/demo" --scale full --seed 0 --workers 0 --force
 PARAMS="$WORK/params.yaml"
 "$PY" - "$REPO/params.yaml" "$PARAMS" "$WORK/demo" <<'PYEOF'
 import sys
