@@ -25,9 +25,9 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from eval.config import EvalConfig  # noqa: E402
-from eval.distributed import DistEnv  # noqa: E402
 from eval.finetune import predict, predict_batch  # noqa: E402
 from eval.model import build_model  # noqa: E402
+from segloc.dist import DistEnv  # noqa: E402
 
 
 def step_seconds(stride: int, args: argparse.Namespace) -> float:

@@ -30,10 +30,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from segloc.atomic import write_json  # noqa: E402
+from segloc.schedule import scaled_lr  # noqa: E402
 from train.config import AugmentConfig, Preset, PretrainConfig  # noqa: E402
 from train.data import make_loader, open_shards  # noqa: E402
 from train.loop import build_model, build_optimizer, resolve_device, stream_spec  # noqa: E402
-from train.schedule import scaled_lr  # noqa: E402
 from train.step import StepContext, train_step  # noqa: E402
 
 VARIANTS = {

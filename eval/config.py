@@ -1,4 +1,5 @@
-"""The `eval` section of params.yaml: the one fine-tuning recipe every init gets (DESIGN §8)."""
+"""The `eval` section of params.yaml: the one fine-tuning recipe every init gets
+(docs/design.md §5.5)."""
 
 from __future__ import annotations
 
@@ -53,8 +54,8 @@ class ProbeConfig:
 
 @dataclass(frozen=True)
 class EvalConfig:
-    # probe: frozen backbone, a light head on its stride-8 features (CPU default, DESIGN §6b);
-    # finetune: the whole network trained (the paper's protocol, for GPUs).
+    # probe: frozen backbone, a light head on its stride-8 features (CPU default,
+    # docs/design.md §5.1); finetune: the whole network trained (the paper's protocol, for GPUs).
     protocol: Literal["probe", "finetune"] = "probe"
     seed: int = 0  # repeat r trains with seed + r
     repeats: int = 3  # fine-tunes per init; results are mean ± std over them

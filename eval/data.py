@@ -1,7 +1,8 @@
 """Labeled sets for fine-tuning and scoring: COCO instances -> (image, class map), joint transforms.
 
 Training reads only the labeled subset of the train split (`segloc.splits.labeled_subset`, the same
-images the renderer cut its segments from); test splits are read only to score (DESIGN §8).
+images the renderer cut its segments from); test splits are read only to score
+(docs/design.md §5.5).
 
 Training samples are indexed by a global *draw number* k = step * global_batch + slot: draw k takes
 image `perm_e[k % n]` of epoch e = k // n and its random scale/crop/flip from

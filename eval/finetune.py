@@ -6,7 +6,7 @@
         --set eval.repeats=5 --set eval.steps=2000
     torchrun --nproc_per_node 4 -m eval.cli --init random --out runs/finetune/random   # DDP
 
-Every init gets the same recipe, labels and seeds (DESIGN §8): repeat r trains with seed
+Every init gets the same recipe, labels and seeds (docs/design.md §5.5): repeat r trains with seed
 eval.seed + r on the labeled subset of the train split for a fixed number of steps (no model
 selection, so nothing is tuned on the test splits), then scores each test split and all of them
 pooled ("overall"). Outputs are listed in `eval.outputs`.
@@ -28,7 +28,6 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from eval import distributed
 from eval.config import EvalConfig, load_eval_config, load_run_params
 from eval.data import (
     PAD_VALUE,
@@ -41,14 +40,16 @@ from eval.data import (
     resize_long,
     resolve_data,
 )
-from eval.distributed import DistEnv
 from eval.inits import Init, resolve_init
 from eval.metrics import ConfusionMatrix
 from eval.model import build_model, load_init
 from eval.outputs import OVERALL, RepeatResult, write_run
+from segloc import dist
 from segloc.coco import CocoSet
+from segloc.dist import DistEnv
 from segloc.errors import UserError
 from segloc.params import to_dict
+from segloc.schedule import poly
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +64,7 @@ def main(
     overrides: Iterable[str] = (),
 ) -> dict[str, Any] | None:
     """Run the stage; returns the metrics document on rank 0 (None on other ranks)."""
-    env = distributed.setup()
+    env = dist.setup()
     try:
         cfg, init_spec, sets = load_inputs(init, data, params, overrides, env, "fine-tune")
         results = [fine_tune_once(sets, init_spec, cfg, r, env) for r in range(cfg.repeats)]
@@ -80,7 +81,7 @@ def main(
         _log_summary(metrics)
         return metrics
     finally:
-        distributed.teardown()
+        dist.teardown()
 
 
 def load_inputs(
@@ -99,7 +100,7 @@ def load_inputs(
     sets = load_sets(resolve_data(resolved, data))
     if OVERALL in sets.test:
         raise UserError(f"params data.test: '{OVERALL}' is reserved for the pooled test splits")
-    threads = distributed.set_threads(cfg.threads, env)
+    threads = dist.set_threads(cfg.threads, env)
     log.info(
         "%s %s: %d labeled train images, test splits %s, %d process(es) x %d threads",
         what,
@@ -164,9 +165,7 @@ def train(
     opt = torch.optim.SGD(
         model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
     )
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda step: max(0.0, 1 - step / cfg.steps) ** cfg.poly_power
-    )
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: poly(s, cfg.steps, cfg.poly_power))
     losses = []
     model.train()
     # Dropout in the head draws from torch's global generator (it takes none of its own): scope a

@@ -9,12 +9,12 @@ weights are loaded by `eval.model.load_init`.
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from segloc.backbone_card import WEIGHTS, card_label, card_path, read_card
 from segloc.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -53,32 +53,16 @@ def resolve_init(spec: str) -> Init:
         return Init("imagenet", "imagenet", path)
     path = Path(spec)
     if path.is_dir():
-        path = path / "backbone.pt"
+        path = path / WEIGHTS
     if not path.is_file():
         raise UserError(
             f"--init {spec}: expected 'random', 'imagenet:PATH' or an exported backbone "
             f"(a backbone.pt file or its run folder); {path} not found"
         )
-    meta = _read_meta(path.with_suffix(".json"))
-    return Init("backbone", card_label(meta, path.parent), path, meta.get("arch"), meta)
-
-
-def card_label(meta: dict[str, Any], folder: Path) -> str:
-    """A pretraining run's row name in reports: the label its backbone.json gives (e.g.
-    "segloc (mask, single queue)"), else its method, else its folder's name."""
-    return str(meta.get("label") or meta.get("method") or folder.name)
-
-
-def _read_meta(path: Path) -> dict[str, Any]:
-    if not path.is_file():
+    card = read_card(path)
+    if not card:
         log.warning(
-            "%s: not found; the backbone's architecture is checked by its weights alone", path
+            "%s: no backbone card; the architecture is checked by the weights alone",
+            card_path(path),
         )
-        return {}
-    try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise UserError(f"{path}: cannot read backbone config ({err})") from err
-    if not isinstance(meta, dict):
-        raise UserError(f"{path}: expected a JSON object with 'arch' and 'method'")
-    return meta
+    return Init("backbone", card_label(card, path.parent), path, card.get("arch"), card)

@@ -5,12 +5,12 @@
     evaluate --task instance --init runs/pretrain/segloc --out runs/instance/segloc   # params.yaml
     torchrun --nproc_per_node 4 -m eval.cli --task instance --init random --out runs/instance/random
 
-The recipe mirrors the semantic one (`eval.finetune`, DESIGN §8): repeat r trains with seed
-eval.seed + r on the labeled subset of the train split for eval.instance.steps steps, then every
-test split is scored with pycocotools' COCOeval (bbox and segm: AP, AP50, AP75, APs/m/l, AR@1/10/100),
-the numbers the SegLoc, InsLoc and MoCo papers report. With eval.instance.enabled false (the
-default: one fine-tune costs minutes on a CPU) the command writes a stub run and trains nothing;
-`eval.instance_off` does that before this module (and torch) is imported.
+The recipe mirrors the semantic one (`eval.finetune`, docs/design.md §5.5): repeat r trains with
+seed eval.seed + r on the labeled subset of the train split for eval.instance.steps steps, then
+every test split is scored with pycocotools' COCOeval (bbox and segm: AP, AP50, AP75, APs/m/l,
+AR@1/10/100), the numbers the SegLoc, InsLoc and MoCo papers report. With eval.instance.enabled
+false (the default: one fine-tune costs minutes on a CPU) the command writes a stub run and
+trains nothing; `eval.instance_off` does that before this module (and torch) is imported.
 
 OUT/metrics.json               task "instance"; per split each METRIC_KEYS entry as {mean, std, values}
 OUT/config.json                resolved eval config, data paths, init
@@ -22,7 +22,6 @@ OUT/model.pt                   repeat 0's model state_dict (only with eval.save_
 
 from __future__ import annotations
 
-import functools
 import logging
 import time
 from collections.abc import Iterable
@@ -31,7 +30,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
@@ -41,7 +39,6 @@ from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
 from torchvision.ops.misc import FrozenBatchNorm2d
 from tqdm import tqdm
 
-from eval import distributed
 from eval.coco_eval import (
     METRIC_KEYS,
     class_to_category,
@@ -51,16 +48,18 @@ from eval.coco_eval import (
 )
 from eval.config import EvalConfig, InstanceConfig, load_eval_config, load_run_params
 from eval.data import MEAN, STD, LabeledSets, RankDraws, load_sets, resolve_data
-from eval.distributed import DistEnv
 from eval.finetune import autocast, data_summary
 from eval.inits import Init, resolve_init
 from eval.instance_data import InstanceDraws, collate, read_scan, to_tensor
 from eval.instance_off import TASK, run_config
 from eval.metrics import summarize
 from eval.model import load_resnet_body
+from segloc import dist
 from segloc.atomic import atomic_dir, write_json
 from segloc.coco import CocoSet
+from segloc.dist import DistEnv
 from segloc.errors import UserError
+from segloc.schedule import poly, warmup
 
 log = logging.getLogger(__name__)
 
@@ -86,13 +85,13 @@ def main(
 ) -> dict[str, Any] | None:
     """Fine-tune and score (eval.instance.enabled is the command's switch, checked by
     `eval.instance_off` first); returns the metrics document on rank 0 (None on other ranks)."""
-    env = distributed.setup()
+    env = dist.setup()
     try:
         resolved = load_run_params(params, overrides)
         cfg = load_eval_config(resolved)
         init_spec = resolve_init(init)
         sets = load_sets(resolve_data(resolved, data))
-        threads = distributed.set_threads(cfg.threads, env)
+        threads = dist.set_threads(cfg.threads, env)
         log.info(
             "instance, init %s: %d labeled train images, test splits %s, %d process(es) x %d threads",
             init_spec.label,
@@ -110,7 +109,7 @@ def main(
         _log_summary(metrics)
         return metrics
     finally:
-        distributed.teardown()
+        dist.teardown()
 
 
 def build_maskrcnn(arch: str, num_classes: int, inst: InstanceConfig) -> MaskRCNN:
@@ -185,12 +184,6 @@ def fine_tune_once(
     return result
 
 
-def lr_factor(step: int, warmup: int, steps: int, power: float) -> float:
-    """Linear warm-up to 1 over `warmup` steps, times the poly decay (1 - step / steps) ** power."""
-    ramp = min(1.0, (step + 1) / warmup) if warmup else 1.0
-    return ramp * max(0.0, 1 - step / steps) ** power
-
-
 def train(
     model: MaskRCNN, sets: LabeledSets, cfg: EvalConfig, seed: int, env: DistEnv, desc: str
 ) -> list[float]:
@@ -206,10 +199,9 @@ def train(
     net = DistributedDataParallel(model) if env.world > 1 else model
     trained = [p for p in model.parameters() if p.requires_grad]  # trainable_layers froze the rest
     opt = torch.optim.SGD(trained, lr=inst.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    schedule = functools.partial(
-        lr_factor, warmup=inst.warmup_steps, steps=inst.steps, power=cfg.poly_power
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: warmup(s, inst.warmup_steps) * poly(s, inst.steps, cfg.poly_power)
     )
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
     losses = []
     model.train()
     # RPN and RoI samplers draw from torch's global generator (they take none of their own):
@@ -256,10 +248,7 @@ def predict_split(
         with autocast(cfg, env):
             output = model([x])[0]  # masks come back at the image's own size
         results += detections_to_results(image.id, output, cat_of)
-    if env.world > 1:
-        parts: list[Any] = [None] * env.world
-        dist.all_gather_object(parts, results)
-        results = [r for part in parts for r in part]
+    results = dist.all_gather_objects(results)
     return sorted(results, key=lambda r: (r["image_id"], -r["score"]))
 
 

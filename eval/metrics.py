@@ -14,8 +14,8 @@ items segmented" without the easy, dominant background class lifting the mean.
 
 A class absent from both prediction and ground truth has no IoU (None): counting it as 0 (as
 torchmetrics does) punishes a model for a class the split lacks, and letting it be NaN (as
-torchvision's reference does) poisons the mean (DESIGN §7). A class predicted but absent from the
-ground truth has IoU 0 — that prediction is wrong everywhere.
+torchvision's reference does) poisons the mean (docs/design.md §5.4). A class predicted but absent
+from the ground truth has IoU 0 — that prediction is wrong everywhere.
 """
 
 from __future__ import annotations

@@ -5,8 +5,8 @@
     load_init(model, init, "resnet18")
 
 `model.backbone` is torchvision's IntermediateLayerGetter over the ResNet: its state_dict keys are
-the ResNet's minus `fc`/`avgpool`, so an exported backbone (`RUN/backbone.pt`, DESIGN §3) loads as
-is, checked key by key and shape by shape.
+the ResNet's minus `fc`/`avgpool`, so an exported backbone (`RUN/backbone.pt`, docs/design.md
+§3.3) loads as is, checked key by key and shape by shape.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from torchvision.models.segmentation.fcn import FCN, FCNHead
 
 from eval.data import MEAN, STD
 from eval.inits import Init
+from segloc.backbone_card import card_normalize
 from segloc.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -139,9 +140,8 @@ def load_resnet_body(body: nn.Module, init: Init, arch: str) -> None:
 
 def _check_normalization(init: Init) -> None:
     """Warn when pretraining normalised its inputs otherwise than fine-tuning does."""
-    section = init.meta.get("input")
-    norm = section.get("normalize") if isinstance(section, dict) else None
-    if not isinstance(norm, dict):
+    norm = card_normalize(init.meta)
+    if norm is None:
         return
     ours = {"mean": (MEAN / 255).tolist(), "std": (STD / 255).tolist()}
     for key, values in ours.items():

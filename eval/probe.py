@@ -31,7 +31,6 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from eval import distributed
 from eval.config import EvalConfig, ProbeConfig
 from eval.data import (
     LabeledSets,
@@ -43,10 +42,12 @@ from eval.inits import Init
 from eval.metrics import ConfusionMatrix
 from eval.model import build_trunk, load_resnet_body
 from eval.outputs import OVERALL, RepeatResult, write_run
+from segloc import dist as distributed
 from segloc.coco import IGNORE, CocoSet, ImageInfo
 from segloc.dense import fuse_stride8
 from segloc.errors import UserError
 from segloc.params import to_dict
+from segloc.schedule import cosine
 
 log = logging.getLogger(__name__)
 
@@ -240,9 +241,7 @@ def train_head(
     opt = torch.optim.AdamW(head.parameters(), lr=p.lr, weight_decay=p.weight_decay)
     n = train.feats.shape[0]
     per_epoch = math.ceil(n / p.batch_size)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / (p.epochs * per_epoch)))
-    )
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: cosine(s, p.epochs * per_epoch))
     losses = []
     head.train()
     for _ in tqdm(range(p.epochs), desc=f"probe seed {seed}", leave=False):

@@ -210,6 +210,9 @@ def render_markdown(
     for protocol, runs in semantic.items():
         parts += [f"## {PROTOCOL_TITLES[protocol]}\n", *_semantic_parts(runs)]
         parts += [f"![{name}]({name})\n" for name in figures.get(protocol, [])]
+    monitor = monitor_table(pre)
+    if monitor:
+        parts += ["## Pretraining monitor\n", MONITOR_GUIDE, monitor]
     parts += [f"![{name}]({name})\n" for name in other_figures]
     if instance:
         parts += instance_parts(instance)
@@ -219,6 +222,35 @@ def render_markdown(
         parts.append(_eval_settings(instance, "Instance segmentation"))
     parts.append(_pretrain_settings(pre))
     return "\n".join(parts)
+
+
+MONITOR_GUIDE = (
+    "Held-out instances (shard samples never trained on), embedded by the mask average of the "
+    "trunk's stride-8 map: leave-one-out kNN class accuracy at step 0 (random init) and at the "
+    "end, and for contrastive methods the fresh-bank probe's loss against keys of the current "
+    "momentum encoder beside its chance level (below chance: the embedding tells instances "
+    "apart by content).\n"
+)
+
+
+def monitor_table(pre: list[Pretrain]) -> str | None:
+    rows = []
+    for p in pre:
+        m = p.metrics
+        if m.get("knn_acc") is None:
+            continue
+        fresh = m.get("fresh_bank_loss")
+        rows.append(
+            [
+                p.label,
+                f"{m['knn_acc_init']:.1f}" if m.get("knn_acc_init") is not None else "–",
+                f"{m['knn_acc']:.1f}",
+                f"{fresh:.3f}" if fresh is not None else "–",
+                f"{m['chance_loss']:.3f}" if m.get("chance_loss") is not None else "–",
+            ]
+        )
+    header = ["method", "kNN at step 0 (%)", "kNN at the end (%)", "fresh-bank loss", "chance"]
+    return _table(header, rows) if rows else None
 
 
 def _semantic_parts(runs: list[Run]) -> list[str]:
@@ -288,8 +320,13 @@ def instance_parts(runs: list[Run]) -> list[str]:
 
 def _reading_guide(runs: list[Run]) -> str:
     n = sorted({r.metrics["repeats"] for r in runs})
+    how = (
+        "Each init's backbone is frozen and a 1x1-conv head is trained on its stride-8 features"
+        if runs[0].protocol == "probe"
+        else "Each init is fine-tuned"
+    )
     return (
-        "Each init is fine-tuned with the same recipe and labels, repeated with seeds "
+        f"{how} with the same recipe and labels, repeated with seeds "
         f"eval.seed + 0..n-1 (n = {', '.join(map(str, n))}); cells are mean ± sample std over "
         "the repeats. mIoU averages IoU over the classes present in the prediction or the ground "
         "truth of a split, background included; `overall` pools all test splits into one "

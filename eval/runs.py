@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from eval.inits import card_label
 from eval.outputs import OVERALL
+from segloc.backbone_card import WEIGHTS, card_label, read_card
 from segloc.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -98,8 +98,7 @@ def load_run(path: Path) -> Run:
 def load_pretrain(path: Path) -> Pretrain:
     if not path.is_dir():
         raise UserError(f"--pretrain {path}: not a folder")
-    meta_path = path / "backbone.json"
-    meta = _read_json(meta_path) if meta_path.is_file() else {}
+    meta = read_card(path / WEIGHTS)
     metrics_path = path / "metrics.json"
     metrics = _read_json(metrics_path) if metrics_path.is_file() else {}
     monitor = path / "plots" / "monitor.tsv"

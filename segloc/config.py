@@ -1,36 +1,44 @@
 """The `data` section of params.yaml: where the labeled and unlabeled sets live, and the labeled split.
 
 Both synthesis (which cuts segments) and fine-tuning (which trains on labels) read this section, so
-they agree on the labeled subset (DESIGN §8).
+they agree on the labeled subset (docs/design.md §5.5).
+
+Both sets may be named by the root of their published layout: `data.foreground.images` a PIDray
+root (its train split, and its test splits unless `data.test` names others) when
+`data.foreground.annotations` is omitted, `data.background.images` a SIXray root (`JPEGImage/`,
+and a label CSV under `ImageSet/` unless `data.background.labels` names one).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
+from segloc.errors import UserError
 from segloc.params import from_dict
 
 PIDRAY_TESTS = ("easy", "hard", "hidden")  # PIDray's test splits, in its own order
+SIXRAY_SCANS = "JPEGImage"
+SIXRAY_LABELS = ("ImageSet/10/train.csv", "ImageSet/train.csv")  # preferred, in this order
 
 
 @dataclass(frozen=True)
 class DemoConfig:
-    scale: Literal["tiny", "small", "default"] = "default"
+    scale: Literal["tiny", "small", "default", "full"] = "default"
     seed: int = 0
 
 
 @dataclass(frozen=True)
 class CocoSplit:
-    annotations: str  # COCO instance-segmentation JSON
-    images: str  # folder the JSON's file_name entries are relative to
+    images: str  # folder the JSON's file_name entries are relative to (or a PIDray root, above)
+    annotations: str | None = None  # COCO instance-segmentation JSON; required but for the above
 
 
 @dataclass(frozen=True)
 class BackgroundConfig:
-    images: str  # folder of unlabeled scans (SIXray: JPEGImage/)
-    labels: str | None = None  # SIXray label CSV marking positives; None: judge by file name only
+    images: str  # folder of unlabeled scans, or a SIXray root holding JPEGImage/
+    labels: str | None = None  # label CSV marking positives; None: the root's, else by name only
     include_positives: bool = False  # SIXray positives hold unlabeled threat items: off by default
 
 
@@ -45,7 +53,22 @@ class DataConfig:
 
 
 def load_data_config(params: dict[str, Any]) -> DataConfig:
-    return from_dict(DataConfig, params.get("data"), "data")
+    data = from_dict(DataConfig, params.get("data"), "data")
+    for name, split in data.test.items():
+        if split.annotations is None:
+            raise UserError(f"params data.test.{name}.annotations: missing (a COCO JSON)")
+    return data if data.foreground.annotations is not None else _pidray_root(data)
+
+
+def _pidray_root(data: DataConfig) -> DataConfig:
+    root = Path(data.foreground.images)
+    train, tests = pidray_splits(root)
+    if not Path(train.annotations).is_file():
+        raise UserError(
+            f"params data.foreground.annotations: missing, and data.foreground.images {root} is "
+            f"not a PIDray root ({train.annotations} not found)"
+        )
+    return replace(data, foreground=train, test=data.test or tests)
 
 
 def pidray_splits(root: str | Path) -> tuple[CocoSplit, dict[str, CocoSplit]]:
@@ -53,6 +76,33 @@ def pidray_splits(root: str | Path) -> tuple[CocoSplit, dict[str, CocoSplit]]:
     annotations/xray_test_{easy,hard,hidden}.json, images in train/, easy/, hard/, hidden/."""
     root = Path(root)
     ann = root / "annotations"
-    train = CocoSplit(str(ann / "xray_train.json"), str(root / "train"))
-    tests = {n: CocoSplit(str(ann / f"xray_test_{n}.json"), str(root / n)) for n in PIDRAY_TESTS}
+    train = CocoSplit(str(root / "train"), str(ann / "xray_train.json"))
+    tests = {n: CocoSplit(str(root / n), str(ann / f"xray_test_{n}.json")) for n in PIDRAY_TESTS}
     return train, tests
+
+
+def background_paths(bg: BackgroundConfig) -> tuple[Path, Path | None]:
+    """The folder of scans and the label CSV (None: positives judged by name) of `data.background`;
+    a SIXray root gives its JPEGImage/ and, unless `labels` names one, `find_sixray_labels`."""
+    images = Path(bg.images)
+    labels = Path(bg.labels) if bg.labels else None
+    if not (images / SIXRAY_SCANS).is_dir():
+        return images, labels
+    return images / SIXRAY_SCANS, labels or find_sixray_labels(images)
+
+
+def find_sixray_labels(root: Path) -> Path | None:
+    """The label CSV of a SIXray root: the first of SIXRAY_LABELS there, else the only CSV under
+    ImageSet/, else None (none at all); several others are ambiguous, an error that lists them."""
+    for rel in SIXRAY_LABELS:
+        if (root / rel).is_file():
+            return root / rel
+    found = sorted((root / "ImageSet").rglob("*.csv")) if (root / "ImageSet").is_dir() else []
+    if len(found) > 1:
+        names = ", ".join(str(p.relative_to(root)) for p in found[:8])
+        more = " ..." if len(found) > 8 else ""
+        raise UserError(
+            f"{root}: {len(found)} label CSVs under ImageSet/ ({names}{more}); "
+            "name the one that marks the positives in params data.background.labels"
+        )
+    return found[0] if found else None

@@ -20,11 +20,9 @@ from typing import Any
 
 import click
 
-from segloc.config import pidray_splits
+from segloc.config import SIXRAY_LABELS, SIXRAY_SCANS, find_sixray_labels, pidray_splits
 from segloc.errors import UserError
 from segloc.params import load_params
-
-SIXRAY_LABELS = ("ImageSet/10/train.csv", "ImageSet/train.csv")  # first one present is used
 
 
 def data_overrides(pidray: Path, sixray: Path, sixray_labels: Path | None) -> list[str]:
@@ -34,20 +32,19 @@ def data_overrides(pidray: Path, sixray: Path, sixray_labels: Path | None) -> li
     for name, split in {"train": train, **tests}.items():
         _require(Path(split.annotations), "file", f"PIDray {name} annotations")
         _require(Path(split.images), "dir", f"PIDray {name} images")
-    _require(sixray / "JPEGImage", "dir", "SIXray scans")
+    _require(sixray / SIXRAY_SCANS, "dir", "SIXray scans")
     if sixray_labels is None:
-        found = [sixray / p for p in SIXRAY_LABELS if (sixray / p).is_file()]
-        if not found:
-            raise UserError(
-                f"{sixray}: no label CSV at {' or '.join(SIXRAY_LABELS)}; give one with "
-                f"--sixray-labels (it marks the positives to exclude)"
-            )
-        sixray_labels = found[0]
+        sixray_labels = find_sixray_labels(sixray)
+    if sixray_labels is None:
+        raise UserError(
+            f"{sixray}: no label CSV under ImageSet/ (looked for {' or '.join(SIXRAY_LABELS)} "
+            "first); give one with --sixray-labels (it marks the positives to exclude)"
+        )
     _require(sixray_labels, "file", "SIXray label CSV")
     items = {
         "data.foreground.annotations": train.annotations,
         "data.foreground.images": train.images,
-        "data.background.images": sixray / "JPEGImage",
+        "data.background.images": sixray / SIXRAY_SCANS,
         "data.background.labels": sixray_labels.resolve(),
     }
     for t, split in tests.items():
@@ -111,7 +108,8 @@ def command(overrides: list[str], target: str = "report") -> list[str]:
     "--sixray-labels",
     type=click.Path(path_type=Path),
     default=None,
-    help=f"label CSV marking positives; default: the first of {', '.join(SIXRAY_LABELS)}.",
+    help=f"label CSV marking positives; default: the first of {', '.join(SIXRAY_LABELS)}, else "
+    "the only CSV under ImageSet/.",
 )
 @click.option(
     "--config",

@@ -1,8 +1,8 @@
 """The one seeded split of the labeled set that synthesis and fine-tuning both read.
 
-Every init must see the same labels (DESIGN §8): the renderer cuts segments only from the labeled
-subset that fine-tuning trains on. Subsets are nested — with the same seed, the images kept at
-fraction 0.1 are also kept at 0.5 — so a label-fraction sweep changes one thing at a time.
+Every init must see the same labels (docs/design.md §5.5): the renderer cuts segments only from
+the labeled subset that fine-tuning trains on. Subsets are nested — with the same seed, the images
+kept at fraction 0.1 are also kept at 0.5 — so a label-fraction sweep changes one thing at a time.
 """
 
 from __future__ import annotations

@@ -16,9 +16,9 @@ X-ray scans are transmission images: by Beer-Lambert, overlapping objects multip
 (T = T_bg * T_obj; Mery & Katsaggelos 2017). `multiply` pastes the object's own transmission
 (its pixels divided by the background level around it in the source scan) onto the target.
 Pseudo-colour channels are treated as transmissions in [0, 1] each, which is an approximation
-(DESIGN §2). `alpha` (Gaussian-softened copy-paste, Ghiasi et al. 2021) and `hard` (overwrite,
-InsLoc-style) are the baselines. Labels do not depend on the mode: a pixel takes the class of the
-topmost instance covering it.
+(docs/design.md §2.2). `alpha` (Gaussian-softened copy-paste, Ghiasi et al. 2021) and `hard`
+(overwrite, InsLoc-style) are the baselines. Labels do not depend on the mode: a pixel takes the
+class of the topmost instance covering it.
 """
 
 from __future__ import annotations
@@ -265,7 +265,7 @@ class Composer:
         cfg = self.cfg
         count = int(rng.integers(cfg.segments_per_sample[0], cfg.segments_per_sample[1] + 1))
         picks = self._pick_segments(rng, count)
-        # Two different scans: InsLoc's pairing teaches invariance to clutter (DESIGN §2).
+        # Two different scans: InsLoc's pairing teaches invariance to clutter (docs/design.md §2.4).
         scans = rng.choice(len(self.bg.names), size=2, replace=False)
         layouts = [self._layout(rng, int(b), picks) for b in scans]
         labels = [self._labels(layout) for layout in layouts]

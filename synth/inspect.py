@@ -34,19 +34,18 @@ from synth.shards import (
     MANIFEST,
     MEMBERS,
     SCHEMA_VERSION,
+    SampleError,
+    decode_labels,
+    decode_view,
     file_sha256,
+    parse_meta,
     read_manifest,
-    sample_key,
 )
 
 log = logging.getLogger(__name__)
 
 # Violations printed in full; the rest are counted.
 SHOW_ERRORS = 10
-
-
-class SampleError(Exception):
-    """A sample that breaks the schema; the message says how."""
 
 
 @dataclass
@@ -85,12 +84,15 @@ def validate_sample(key: str, members: dict[str, bytes], classes: list[str] | No
     if sorted(members) != sorted(MEMBERS):
         missing, extra = set(MEMBERS) - set(members), set(members) - set(MEMBERS)
         raise SampleError(f"members: missing {sorted(missing)}, unexpected {sorted(extra)}")
-    meta = _parse_meta(key, members["json"], classes)
+    meta = parse_meta(members["json"], key, classes)
     ids = None
     for v, view in enumerate(meta["views"]):
-        image = _decode(members[f"v{v}.jpg"], cv2.IMREAD_COLOR, f"v{v}.jpg")
-        seg = _decode(members[f"v{v}.seg.png"], cv2.IMREAD_UNCHANGED, f"v{v}.seg.png")
-        _check_view(v, view, image, seg, len(meta["classes"]))
+        size = view.get("height")
+        if not isinstance(size, int) or view.get("width") != size:
+            raise SampleError(f"json: view {v} is {view.get('width')!r}x{size!r}, not square")
+        decode_view(members[f"v{v}.jpg"], size, f"v{v}.jpg")
+        seg = decode_labels(members[f"v{v}.seg.png"], size, f"v{v}.seg.png")
+        _check_view(v, view, seg, len(meta["classes"]))
         view_ids = [(inst["id"], inst["class"], inst["source"]) for inst in view["instances"]]
         if ids is not None and view_ids != ids:
             raise SampleError("views list different instances (ids, classes or sources differ)")
@@ -98,49 +100,9 @@ def validate_sample(key: str, members: dict[str, bytes], classes: list[str] | No
     return meta
 
 
-def _parse_meta(key: str, raw: bytes, classes: list[str] | None) -> dict:
-    try:
-        meta = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as err:
-        raise SampleError(f"json: not valid UTF-8 JSON ({err})") from err
-    if not isinstance(meta, dict) or meta.get("schema") != SCHEMA_VERSION:
-        raise SampleError(f"json: schema is not {SCHEMA_VERSION}")
-    if (
-        meta.get("key") != key
-        or not isinstance(meta.get("index"), int)
-        or sample_key(meta["index"]) != key
-    ):
-        raise SampleError(f"json: key/index {meta.get('key')!r}/{meta.get('index')!r} do not match")
-    if not isinstance(meta.get("classes"), list) or (
-        classes is not None and meta["classes"] != classes
-    ):
-        raise SampleError(f"json: classes {meta.get('classes')!r} differ from the manifest's")
-    views = meta.get("views")
-    if not isinstance(views, list) or len(views) != 2:
-        raise SampleError("json: expected two views")
-    for v, view in enumerate(views):
-        if (
-            not isinstance(view, dict)
-            or not isinstance(view.get("instances"), list)
-            or not view["instances"]
-        ):
-            raise SampleError(f"json: view {v} has no instances list (or an empty one)")
-    return meta
-
-
-def _decode(buf: bytes, flags: int, name: str) -> np.ndarray:
-    image = cv2.imdecode(np.frombuffer(buf, np.uint8), flags)
-    if image is None:
-        raise SampleError(f"{name}: cannot decode")
-    return image
-
-
-def _check_view(v: int, view: dict, image: np.ndarray, seg: np.ndarray, num_classes: int) -> None:
-    h, w = view.get("height"), view.get("width")
-    if image.shape != (h, w, 3) or h != w:
-        raise SampleError(f"v{v}.jpg: shape {image.shape}, expected square {h}x{w}x3")
-    if seg.dtype != np.uint8 or seg.shape != (h, w):
-        raise SampleError(f"v{v}.seg.png: {seg.dtype} {seg.shape}, expected uint8 {h}x{w}")
+def _check_view(v: int, view: dict, seg: np.ndarray, num_classes: int) -> None:
+    """Class-map values, and each instance against the class map (sizes checked on decode)."""
+    h, w = seg.shape
     bad = set(np.unique(seg).tolist()) - set(range(num_classes + 1)) - {IGNORE}
     if bad:
         raise SampleError(
@@ -278,7 +240,7 @@ def contact_sheet(path: Path, out: Path, count: int) -> None:
     for n, (members, meta) in enumerate(samples):
         for v in range(2):
             ax = axes[n // 2, 2 * (n % 2) + v]
-            ax.imshow(_outlined(members[f"v{v}.jpg"], meta["views"][v]["instances"], colors))
+            ax.imshow(_outlined(members[f"v{v}.jpg"], meta["views"][v], colors))
             ax.set_title(f"{meta['key']} v{v}  ({meta['views'][v]['background']})", fontsize=8)
     handles = [
         Patch(facecolor=np.array(c) / 255, edgecolor="black", label=f"{k + 1} {name}")
@@ -302,12 +264,12 @@ def _first_samples(path: Path, count: int) -> list[tuple[dict, dict]]:
     return out
 
 
-def _outlined(jpg: bytes, instances: list[dict], colors: list[tuple]) -> np.ndarray:
+def _outlined(jpg: bytes, view: dict, colors: list[tuple]) -> np.ndarray:
     """RGB view upscaled x3 with each instance's full-mask outline and its id (the pair index)."""
-    image = cv2.cvtColor(_decode(jpg, cv2.IMREAD_COLOR, "jpg"), cv2.COLOR_BGR2RGB)
+    image = cv2.cvtColor(decode_view(jpg, view["height"], "jpg"), cv2.COLOR_BGR2RGB)
     f = 3
     image = cv2.resize(image, None, fx=f, fy=f, interpolation=cv2.INTER_NEAREST)
-    for inst in instances:
+    for inst in view["instances"]:
         rle = {"size": inst["rle"]["size"], "counts": inst["rle"]["counts"].encode("ascii")}
         mask = cv2.resize(mask_utils.decode(rle), None, fx=f, fy=f, interpolation=cv2.INTER_NEAREST)
         contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)

@@ -8,10 +8,11 @@
     python -m synth.render --out data/shards                # same, without the console script
 
 Sample `i` is drawn from `np.random.default_rng([seed, i])` alone, so worker count and shard range
-never change a byte (DESIGN §3, §5). Shards appear under their final name only once complete and
-get a checksum record in `OUT/.records/`; re-running skips shards whose file matches its record and
-re-renders the rest. `manifest.json` is written last, and only once every shard of the dataset is
-complete; a `--shard-range` run also writes `manifest-A-B.json` covering its own shards.
+never change a byte (docs/design.md §4.4, §6). Shards appear under their final name only once
+complete and get a checksum record in `OUT/.records/`; re-running skips shards whose file matches
+its record and re-renders the rest. `manifest.json` is written last, and only once every shard of
+the dataset is complete; a `--shard-range` run also writes `manifest-A-B.json` covering its own
+shards.
 """
 
 from __future__ import annotations
@@ -180,7 +181,7 @@ def _identity(cfg: SynthConfig, data: DataConfig, fg: Foregrounds, bg: Backgroun
     synth, inputs = to_dict(cfg), to_dict(data)
     for key in ("num_shards", "background_cache_mb", "skip_bad_inputs"):
         synth.pop(key)
-    for key in ("test", "demo"):  # test splits never feed synthesis (DESIGN §8)
+    for key in ("test", "demo"):  # test splits never feed synthesis (docs/design.md §5.5)
         inputs.pop(key)
     return {
         "schema": SCHEMA_VERSION,

@@ -1,6 +1,6 @@
 """Shard schema v1: sample encoding, deterministic tar writing, per-shard records and the manifest.
 
-This module is the contract between `synth render` and `pretrain` (DESIGN §3). A shard
+This module is the contract between `synth render` and `pretrain` (docs/design.md §3.2). A shard
 `{split}-{shard:06d}.tar` holds samples of five members sharing a dot-free key `s{index:08d}`:
 
     KEY.json                        schema, key, index, classes, views[2] with instances
@@ -298,18 +298,100 @@ def build_manifest(
     }
 
 
+# ---------------------------------------------------------------- reading (pretrain, inspect)
+
+
 def read_manifest(path: Path) -> dict[str, Any]:
-    """A manifest of the schema this code writes; `UserError` naming the file otherwise."""
+    """A manifest of the schema this code writes, its fields checked; `UserError` naming the file
+    otherwise. The shards it lists are not opened (`listed_shards` names them)."""
+    path = Path(path)
     try:
-        manifest = json.loads(Path(path).read_text(encoding="utf-8"))
+        manifest = json.loads(path.read_bytes())
     except FileNotFoundError as err:
         raise UserError(f"{path}: manifest not found (render incomplete?)") from err
     except (OSError, ValueError) as err:
         raise UserError(f"{path}: cannot read manifest ({err})") from err
-    if not isinstance(manifest, dict) or manifest.get("schema") != SCHEMA_VERSION:
-        found = manifest.get("schema") if isinstance(manifest, dict) else None
+    if not isinstance(manifest, dict):
+        raise UserError(f"{path}: expected a JSON object")
+    if manifest.get("schema") != SCHEMA_VERSION:
         raise UserError(
-            f"{path}: shard schema {found!r} is not supported (expected {SCHEMA_VERSION}); "
-            "re-render with this version of `synth render`"
+            f"{path}: shard schema {manifest.get('schema')!r} is not supported (this code reads "
+            f"schema {SCHEMA_VERSION}); re-render the shards with this version of `synth render`"
         )
+    _check_manifest_fields(path, manifest)
     return manifest
+
+
+def _check_manifest_fields(path: Path, manifest: dict[str, Any]) -> None:
+    classes = manifest.get("classes")
+    if not isinstance(classes, list) or not classes or not all(isinstance(c, str) for c in classes):
+        raise UserError(f"{path}: 'classes' must be a non-empty list of names")
+    if len(classes) >= IGNORE:
+        raise UserError(f"{path}: {len(classes)} classes; uint8 label maps hold at most 254")
+    for key in ("canvas", "num_samples"):
+        if not isinstance(manifest.get(key), int) or manifest[key] <= 0:
+            raise UserError(f"{path}: '{key}' must be a positive integer")
+    shards = manifest.get("shards")
+    if not isinstance(shards, list) or not shards:
+        raise UserError(f"{path}: 'shards' must be a non-empty list")
+    for i, shard in enumerate(shards):
+        name = shard.get("name") if isinstance(shard, dict) else None
+        if not isinstance(name, str) or "/" in name:
+            raise UserError(f"{path}: shards[{i}] needs a file 'name' inside {path.parent}")
+
+
+def listed_shards(manifest_path: Path, manifest: dict[str, Any]) -> list[Path]:
+    """The shard files a manifest read by `read_manifest` lists (they lie beside it)."""
+    return [Path(manifest_path).parent / shard["name"] for shard in manifest["shards"]]
+
+
+class SampleError(ValueError):
+    """A sample that breaks the schema; the message says how."""
+
+
+def parse_meta(raw: bytes, key: str | None = None, classes: list[str] | None = None) -> dict:
+    """A sample's JSON member, its structure checked: schema, key and index (when `key` is
+    given), classes (equal to `classes` when given), two views each with instances."""
+    try:
+        meta = json.loads(raw)
+    except (UnicodeDecodeError, ValueError) as err:
+        raise SampleError(f"json: not valid UTF-8 JSON ({err})") from err
+    if not isinstance(meta, dict) or meta.get("schema") != SCHEMA_VERSION:
+        raise SampleError(f"json: schema is not {SCHEMA_VERSION}")
+    index = meta.get("index")
+    if key is not None and (
+        meta.get("key") != key or not isinstance(index, int) or sample_key(index) != key
+    ):
+        raise SampleError(f"json: key/index {meta.get('key')!r}/{index!r} do not match")
+    if not isinstance(meta.get("classes"), list) or (
+        classes is not None and meta["classes"] != classes
+    ):
+        raise SampleError(f"json: classes {meta.get('classes')!r} differ from the manifest's")
+    views = meta.get("views")
+    if not isinstance(views, list) or len(views) != 2:
+        raise SampleError("json: expected two views")
+    for v, view in enumerate(views):
+        if not isinstance(view, dict) or not isinstance(view.get("instances"), list):
+            raise SampleError(f"json: view {v} has no instances list")
+        if not view["instances"]:
+            raise SampleError(f"json: view {v} has no instances (each has at least one)")
+    return meta
+
+
+def decode_view(buf: bytes, size: int, name: str) -> np.ndarray:
+    """size x size x 3 uint8 BGR of a view's JPEG member `name`; `SampleError` otherwise."""
+    bgr = cv2.imdecode(np.frombuffer(buf, np.uint8), cv2.IMREAD_COLOR)
+    if bgr is None or bgr.shape != (size, size, 3):
+        found = "undecodable" if bgr is None else "x".join(map(str, bgr.shape))
+        raise SampleError(f"{name}: {found}, expected a {size}x{size} colour JPEG")
+    return bgr
+
+
+def decode_labels(buf: bytes, size: int, name: str) -> np.ndarray:
+    """size x size uint8 class map of a `.seg.png` member `name`; `SampleError` otherwise."""
+    # IMREAD_UNCHANGED: class ids must come back bit-exact, with no colour conversion.
+    seg = cv2.imdecode(np.frombuffer(buf, np.uint8), cv2.IMREAD_UNCHANGED)
+    if seg is None or seg.dtype != np.uint8 or seg.shape != (size, size):
+        found = "undecodable" if seg is None else f"{seg.dtype} {'x'.join(map(str, seg.shape))}"
+        raise SampleError(f"{name}: {found}, expected a {size}x{size} single-channel uint8 PNG")
+    return seg

@@ -4,10 +4,10 @@
     bg = list_backgrounds(data.background)    # header check only; decode lazily
     scan = load_background(bg.path(0), canvas=160)
 
-Foregrounds come from the labeled subset of a COCO instance-segmentation set (DESIGN §8): each usable
-instance becomes a `Segment` cropped to its mask's box. Backgrounds are a folder of scans; in the
-SIXray layout (`N#####.jpg` negatives, `P#####.jpg` positives) positives are left out by default,
-because they hold unlabeled items of the very classes being pasted.
+Foregrounds come from the labeled subset of a COCO instance-segmentation set (docs/design.md
+§5.5): each usable instance becomes a `Segment` cropped to its mask's box. Backgrounds are a
+folder of scans; in the SIXray layout (`N#####.jpg` negatives, `P#####.jpg` positives) positives
+are left out by default, because they hold unlabeled items of the very classes being pasted.
 
 Inputs that cannot be read are collected as `BadInput`s rather than raised one at a time, so the
 user sees all of them in one message (and can choose to render without them).
@@ -26,7 +26,7 @@ import cv2
 import numpy as np
 
 from segloc.coco import CocoSet, ImageInfo, decode_mask, load_coco
-from segloc.config import BackgroundConfig, DataConfig
+from segloc.config import BackgroundConfig, DataConfig, background_paths
 from segloc.errors import UserError
 from segloc.imageio import DEFAULT_MAX_PIXELS, open_image, read_rgb
 from segloc.splits import labeled_subset
@@ -186,7 +186,7 @@ def background_level(
 
 
 def list_backgrounds(bg: BackgroundConfig, max_pixels: int = DEFAULT_MAX_PIXELS) -> Backgrounds:
-    folder = Path(bg.images)
+    folder, labels = background_paths(bg)
     if not folder.is_dir():
         raise UserError(f"{folder}: background folder not found (params data.background.images)")
     names = sorted(p.name for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
@@ -194,7 +194,7 @@ def list_backgrounds(bg: BackgroundConfig, max_pixels: int = DEFAULT_MAX_PIXELS)
         raise UserError(
             f"{folder}: no images ({', '.join(IMAGE_SUFFIXES)}) in the background folder"
         )
-    kept = names if bg.include_positives else _negatives(names, bg.labels)
+    kept = names if bg.include_positives else _negatives(names, labels)
     bad, good = [], {}
     from tqdm import tqdm  # see load_foregrounds
 
@@ -207,11 +207,11 @@ def list_backgrounds(bg: BackgroundConfig, max_pixels: int = DEFAULT_MAX_PIXELS)
     return Backgrounds(folder, tuple(good), infos, tuple(bad), len(names) - len(kept))
 
 
-def _negatives(names: list[str], labels: str | None) -> list[str]:
+def _negatives(names: list[str], labels: Path | None) -> list[str]:
     """Drop SIXray positives: by name in the SIXray layout, and by the label CSV when given."""
     stems = [Path(n).stem for n in names]
     sixray = all(SIXRAY_NAME.match(s) for s in stems)
-    positive = read_positive_stems(Path(labels)) if labels else set()
+    positive = read_positive_stems(labels) if labels is not None else set()
     return [
         n
         for n, s in zip(names, stems, strict=True)

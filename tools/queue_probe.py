@@ -34,12 +34,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from segloc.atomic import write_json  # noqa: E402
 from segloc.errors import UserError  # noqa: E402
 from segloc.params import from_dict  # noqa: E402
+from segloc.schedule import scaled_lr  # noqa: E402
 from train.config import PretrainConfig, resolve_preset  # noqa: E402
 from train.data import make_loader, open_shards  # noqa: E402
 from train.loop import build_model, stream_spec  # noqa: E402
 from train.moco import ClassQueueMoCo  # noqa: E402
 from train.monitor import TooFewPairs, fresh_bank_probe, pair_embeddings  # noqa: E402
-from train.schedule import scaled_lr  # noqa: E402
 from train.step import StepContext, contrastive_inputs, step_generator, to_device  # noqa: E402
 
 

@@ -20,9 +20,9 @@ from pathlib import Path
 
 import click
 
+from segloc import dist
 from segloc.errors import UserError
 from segloc.params import apply_override, load_params, to_dict
-from train import dist
 from train.config import METHODS, PretrainConfig, load_pretrain_config
 from train.loop import Interrupted, run
 
@@ -114,7 +114,7 @@ def main(
         log.warning("%s", err)
         sys.exit(130)
     finally:
-        dist.shutdown()
+        dist.teardown()
 
 
 if __name__ == "__main__":

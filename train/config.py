@@ -2,8 +2,9 @@
 
     cfg = load_pretrain_config(load_params("params.yaml", ["pretrain.steps=200"]))
 
-Methods are presets of two switches (DESIGN §2); `pooling` / `queue` left null take the preset,
-set them for an ablation (e.g. `segloc` with `queue: single` is InsLoc pairing with mask pooling).
+Methods are presets of two switches (docs/design.md §2.7); `pooling` / `queue` left null take the
+preset, set them for an ablation (e.g. `segloc` with `queue: single` is InsLoc pairing with mask
+pooling).
 A third switch, `positives: class`, makes the filled keys of a query's own class queue positives
 too (multi-positive InfoNCE); it needs per-class queues and instance labels.
 """
@@ -56,7 +57,8 @@ class AugmentConfig:
 
 @dataclass(frozen=True)
 class MonitorConfig:
-    """The pretraining monitor (DESIGN §6b): held-out kNN accuracy and the fresh-bank probe."""
+    """The pretraining monitor (docs/design.md §2.8): held-out kNN accuracy and the fresh-bank
+    probe."""
 
     # One pass costs about 4-5 training steps at the CPU defaults (64 samples, ~125 instances;
     # resnet18, 160-px canvas, 112-px crops): every 100 steps keeps it near 5 % of a long run.

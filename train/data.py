@@ -1,4 +1,5 @@
-"""Stream two-view samples out of `synth render` shards (schema v1) into ready batches.
+"""Stream two-view samples out of `synth render` shards into ready batches (schema v1: `synth.shards`
+reads and checks manifest and samples).
 
     shards = open_shards("shards/")                     # validates manifest.json
     spec = StreamSpec(shards.urls, shards.canvas, len(shards.classes), Needs(2, True, False),
@@ -19,8 +20,6 @@ shuffle: a stream reads the same shards in the same order as without them, only 
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import random
 import signal
@@ -39,10 +38,18 @@ from pycocotools import mask as mask_utils
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from segloc.errors import UserError
+from synth.shards import (
+    MANIFEST,
+    decode_labels,
+    decode_view,
+    file_sha256,
+    listed_shards,
+    parse_meta,
+    read_manifest,
+)
+from synth.shards import SampleError as BadSample  # the reason counted in the metrics
 
 log = logging.getLogger(__name__)
-
-SCHEMA = 1  # the shard schema version this reader understands
 
 
 @dataclass(frozen=True)
@@ -65,58 +72,24 @@ class Needs:
     seg: bool
 
 
-class BadSample(ValueError):
-    """A sample that cannot be used; its message is the reason counted in the metrics."""
-
-
 def open_shards(root: str | Path) -> ShardSet:
     root = Path(root)
     if not root.is_dir():
         raise UserError(f"{root}: shards folder not found (write one with `synth render`)")
-    path = root / "manifest.json"
+    path = root / MANIFEST
     if not path.is_file():
         raise UserError(f"{path}: manifest not found; is {root} the output of `synth render`?")
-    raw = path.read_bytes()
-    try:
-        manifest = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise UserError(f"{path}: not valid JSON ({err})") from err
-    if not isinstance(manifest, dict):
-        raise UserError(f"{path}: expected a JSON object")
-    if manifest.get("schema") != SCHEMA:
-        raise UserError(
-            f"{path}: shard schema {manifest.get('schema')!r}, but this pretrain reads schema "
-            f"{SCHEMA}; re-render the shards with a matching `synth`"
-        )
-    return _shard_set(root, path, raw, manifest)
-
-
-def _shard_set(root: Path, path: Path, raw: bytes, manifest: dict[str, Any]) -> ShardSet:
-    classes = manifest.get("classes")
-    if not isinstance(classes, list) or not classes or not all(isinstance(c, str) for c in classes):
-        raise UserError(f"{path}: 'classes' must be a non-empty list of names")
-    if len(classes) > 254:
-        raise UserError(f"{path}: {len(classes)} classes; uint8 label maps hold at most 254")
-    for key in ("canvas", "num_samples"):
-        if not isinstance(manifest.get(key), int) or manifest[key] <= 0:
-            raise UserError(f"{path}: '{key}' must be a positive integer")
-    shards = manifest.get("shards")
-    if not isinstance(shards, list) or not shards:
-        raise UserError(f"{path}: 'shards' must be a non-empty list")
-    urls = []
-    for i, shard in enumerate(shards):
-        name = shard.get("name") if isinstance(shard, dict) else None
-        if not isinstance(name, str) or "/" in name:
-            raise UserError(f"{path}: shards[{i}] needs a file 'name' inside {root}")
-        if not (root / name).is_file():
-            raise UserError(f"{root / name}: shard listed in {path} is missing")
-        urls.append(str(root / name))
+    manifest = read_manifest(path)
+    shards = listed_shards(path, manifest)
+    for shard in shards:
+        if not shard.is_file():
+            raise UserError(f"{shard}: shard listed in {path} is missing")
     return ShardSet(
         root,
         path,
-        hashlib.sha256(raw).hexdigest(),
-        tuple(urls),
-        tuple(classes),
+        file_sha256(path),
+        tuple(str(s) for s in shards),
+        tuple(manifest["classes"]),
         manifest["canvas"],
         manifest["num_samples"],
     )
@@ -127,11 +100,13 @@ def _shard_set(root: Path, path: Path, raw: bytes, manifest: dict[str, Any]) -> 
 
 def decode_sample(raw: dict[str, Any], needs: Needs, canvas: int, num_classes: int) -> dict:
     """Arrays of one raw tar sample: views (3xSxS uint8 RGB), label maps, instance masks."""
-    meta = _read_meta(raw)
+    meta = parse_meta(_member(raw, "json"))
     views = [f"v{i}" for i in range(needs.views)]
-    out: dict[str, Any] = {"img": [_decode_jpg(_member(raw, f"{v}.jpg"), canvas) for v in views]}
+    out: dict[str, Any] = {"img": [_rgb(_member(raw, f"{v}.jpg"), canvas, v) for v in views]}
     if needs.seg:
-        out["seg"] = [_decode_seg(_member(raw, f"{v}.seg.png"), canvas) for v in views]
+        out["seg"] = [
+            decode_labels(_member(raw, f"{v}.seg.png"), canvas, f"{v}.seg.png") for v in views
+        ]
     if needs.masks:
         cls0, ids0, masks0 = _instances(meta, 0, canvas, num_classes)
         cls1, ids1, masks1 = _instances(meta, 1, canvas, num_classes)
@@ -147,42 +122,17 @@ def _member(raw: dict[str, Any], ext: str) -> bytes:
     return raw[ext]
 
 
-def _read_meta(raw: dict[str, Any]) -> dict[str, Any]:
-    try:
-        meta = json.loads(_member(raw, "json"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise BadSample("json not valid") from err
-    if not isinstance(meta, dict) or meta.get("schema") != SCHEMA:
-        raise BadSample(f"json schema is not {SCHEMA}")
-    views = meta.get("views")
-    if not isinstance(views, list) or len(views) != 2:
-        raise BadSample("json needs two 'views'")
-    return meta
-
-
-def _decode_jpg(buf: bytes, canvas: int) -> np.ndarray:
-    bgr = cv2.imdecode(np.frombuffer(buf, np.uint8), cv2.IMREAD_COLOR)
-    if bgr is None or bgr.shape != (canvas, canvas, 3):
-        raise BadSample(f"view is not a {canvas}x{canvas} colour JPEG")
+def _rgb(buf: bytes, canvas: int, view: str) -> np.ndarray:
+    bgr = decode_view(buf, canvas, f"{view}.jpg")
     # HxWx3 BGR -> 3xHxW RGB, the layout torch wants.
     return np.ascontiguousarray(bgr[:, :, ::-1].transpose(2, 0, 1))
-
-
-def _decode_seg(buf: bytes, canvas: int) -> np.ndarray:
-    # IMREAD_UNCHANGED: class ids must come back bit-exact, with no colour conversion.
-    seg = cv2.imdecode(np.frombuffer(buf, np.uint8), cv2.IMREAD_UNCHANGED)
-    if seg is None or seg.dtype != np.uint8 or seg.shape != (canvas, canvas):
-        raise BadSample(f"label map is not a {canvas}x{canvas} single-channel uint8 PNG")
-    return seg
 
 
 def _instances(
     meta: dict[str, Any], view: int, canvas: int, num_classes: int
 ) -> tuple[np.ndarray, list[int], np.ndarray]:
     """Classes (M,) as 0..C-1, ids, and full masks (M x S x S uint8) of one view."""
-    insts = meta["views"][view].get("instances") if isinstance(meta["views"][view], dict) else None
-    if not isinstance(insts, list):
-        raise BadSample(f"view {view} has no 'instances' list")
+    insts = meta["views"][view]["instances"]  # a list: parse_meta checked it
     try:
         classes = np.array([int(inst["class"]) - 1 for inst in insts], dtype=np.int64)
         ids = [int(inst["id"]) for inst in insts]
@@ -193,8 +143,6 @@ def _instances(
         raise BadSample(f"view {view}: instance class outside 1..{num_classes}")
     if any(list(r.get("size", ())) != [canvas, canvas] for r in rles):
         raise BadSample(f"view {view}: instance RLE size is not [{canvas}, {canvas}]")
-    if not rles:
-        return classes, ids, np.zeros((0, canvas, canvas), np.uint8)
     # decode gives S x S x M (Fortran order); M x S x S is what the batch stacks.
     masks = mask_utils.decode(rles)
     return classes, ids, np.ascontiguousarray(masks.transpose(2, 0, 1))

@@ -8,7 +8,6 @@ Keys are exactly torchvision's minus `fc.weight` / `fc.bias`, so eval needs no p
 
 from __future__ import annotations
 
-import hashlib
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any
@@ -16,9 +15,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from segloc.atomic import atomic_path, write_json
+from segloc.atomic import atomic_path
+from segloc.backbone_card import WEIGHTS, write_card
 from segloc.errors import UserError
-from train.augment import MEAN, STD
 from train.model import ARCHS, ResNetTrunk
 
 
@@ -56,36 +55,7 @@ def load_backbone(path: str | Path, arch: str) -> nn.Module:
 
 
 def export(out: Path, model: nn.Module, card: dict[str, Any]) -> None:
-    """Write out/backbone.pt and out/backbone.json (the card gains the weights' sha256)."""
-    with atomic_path(out / "backbone.pt") as tmp:
+    """Write out/backbone.pt and its card out/backbone.json (`segloc.backbone_card`)."""
+    with atomic_path(out / WEIGHTS) as tmp:
         torch.save(backbone_state(model), tmp)
-    digest = hashlib.sha256((out / "backbone.pt").read_bytes()).hexdigest()
-    write_json(out / "backbone.json", card | {"sha256": digest})
-
-
-def backbone_card(
-    arch: str,
-    method: str,
-    steps: int,
-    config: dict[str, Any],
-    manifest: Path,
-    manifest_sha: str,
-    classes: tuple[str, ...],
-    crop: int,
-    label: str | None = None,
-) -> dict[str, Any]:
-    return {
-        "format": "torchvision resnet state_dict without fc",
-        "arch": arch,
-        "method": method,
-        "label": label or method,  # the row name in reports
-        "steps": steps,
-        "config": config,
-        "shards": {"manifest": str(manifest), "sha256": manifest_sha},
-        "classes": list(classes),
-        "input": {
-            "size": crop,
-            "normalize": {"mean": list(MEAN), "std": list(STD)},
-            "scale": "RGB in [0, 1] before normalize",
-        },
-    }
+    write_card(out / WEIGHTS, card)

@@ -25,19 +25,21 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from segloc import dist
 from segloc.atomic import write_json, write_text
+from segloc.backbone_card import build_card
 from segloc.errors import UserError
 from segloc.params import to_dict
-from train import dist
+from segloc.schedule import scaled_lr
+from train.augment import MEAN, STD
 from train.checkpoint import RunState, identity, load_checkpoint, save_checkpoint
 from train.config import Preset, PretrainConfig, resolve_preset, run_label, total_steps
 from train.data import Needs, ShardSet, StreamSpec, make_loader, open_shards
-from train.export import backbone_card, export
+from train.export import export
 from train.moco import ClassQueueMoCo, SupervisedSeg
 from train.model import Encoder, init_weights
 from train.monitor import Monitor, load_holdout
 from train.monitor import summary as monitor_summary
-from train.schedule import scaled_lr
 from train.step import StepContext, train_step
 
 log = logging.getLogger(__name__)
@@ -107,20 +109,21 @@ def setup(
     cfg: PretrainConfig, method: str, shards_dir: str | Path, out: Path, resume: bool
 ) -> Session:
     preset = resolve_preset(cfg, method)
-    device, info = _device_and_ranks(cfg)
+    env = _ranks(cfg)
+    device = env.device
     shards = open_shards(shards_dir)
     monitor = build_monitor(cfg, shards)
     held_out = len(monitor.holdout.keys) if monitor is not None else 0
-    total = total_steps(cfg, shards.num_samples - held_out, info.world_size)
+    total = total_steps(cfg, shards.num_samples - held_out, env.world)
     model = build_model(cfg, preset, len(shards.classes), device)
     opt = build_optimizer(model, cfg)
-    peak_lr = scaled_lr(cfg.lr, cfg.batch_size * info.world_size)
-    ctx = StepContext(cfg, preset, total, peak_lr, device, info.rank, shards.classes)
+    peak_lr = scaled_lr(cfg.lr, cfg.batch_size * env.world)
+    ctx = StepContext(cfg, preset, total, peak_lr, device, env.rank, shards.classes)
     wrapped = _wrap(model, device)
     s = Session(cfg, method, shards, out, ctx, model, wrapped, opt, RunState(), monitor, held_out)
     if resume:
         s.state = load_checkpoint(out / "checkpoint.pt", model, opt, s.identity)
-    if info.is_main:
+    if env.main:
         write_json(
             out / "config.json",
             {
@@ -128,7 +131,7 @@ def setup(
                 "pretrain": to_dict(cfg),
                 "shards": str(shards.root),
                 "total_steps": total,
-                "world_size": info.world_size,
+                "world_size": env.world,
             },
         )
     return s
@@ -144,16 +147,11 @@ def build_monitor(cfg: PretrainConfig, shards: ShardSet) -> Monitor | None:
     return Monitor(cfg.monitor, holdout, len(shards.classes))
 
 
-def _device_and_ranks(cfg: PretrainConfig) -> tuple[torch.device, dist.DistInfo]:
-    device = resolve_device(cfg.device)
-    info = dist.init(device.type)
-    if device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", info.local_rank)  # one GPU per local rank
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
+def _ranks(cfg: PretrainConfig) -> dist.DistEnv:
+    env = dist.setup(resolve_device(cfg.device))
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    return device, info
+    return env
 
 
 def resolve_device(name: str) -> torch.device:
@@ -437,7 +435,7 @@ def queues_identical(model: ClassQueueMoCo) -> bool:
 
 
 def finish(s: Session, metrics: dict[str, Any]) -> None:
-    card = backbone_card(
+    card = build_card(
         s.cfg.arch,
         s.method,
         s.state.step,
@@ -446,6 +444,8 @@ def finish(s: Session, metrics: dict[str, Any]) -> None:
         s.shards.sha256,
         s.shards.classes,
         s.cfg.augment.crop,
+        MEAN,
+        STD,
         run_label(s.method, s.ctx.preset, s.cfg.positives),
     )
     export(s.out, s.model, card)

@@ -17,8 +17,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from segloc import dist
 from segloc.dense import fuse_stride8
-from train import dist
+from synth.shards import IGNORE
 from train.model import Encoder, Regions, ResNetTrunk, split_batchnorm
 
 
@@ -243,9 +244,9 @@ class SupervisedSeg(nn.Module):
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         logits = self.classifier(fuse_stride8(self.trunk(x)[1:]))
         logits = F.interpolate(logits, size=seg.shape[-2:], mode="bilinear", align_corners=False)
-        loss = F.cross_entropy(logits.float(), seg, ignore_index=255)
+        loss = F.cross_entropy(logits.float(), seg, ignore_index=IGNORE)
         with torch.no_grad():
-            scored = seg != 255
+            scored = seg != IGNORE
             correct = (logits.argmax(1) == seg) & scored
             acc = correct.sum().float() / scored.sum().clamp(min=1)
         return loss, {"pixel_acc": acc}

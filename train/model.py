@@ -1,6 +1,6 @@
 """Backbone (torchvision ResNet, optional FPN), per-instance pooling and the projection head.
 
-Pooling turns feature maps into one vector per instance (DESIGN §2):
+Pooling turns feature maps into one vector per instance (docs/design.md §2.5):
 - `mask`  (SegLoc): average of the feature map inside the instance mask, the mask area-resized to
   the map so even an instance smaller than a cell keeps a (fractional) weight;
 - `box`   (InsLoc): RoIAlign 7x7 on the box, averaged;

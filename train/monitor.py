@@ -1,4 +1,5 @@
-"""The pretraining monitor (DESIGN §6b): is the encoder learning anything a loss cannot show?
+"""The pretraining monitor (docs/design.md §2.8): is the encoder learning anything a loss cannot
+show?
 
     holdout = load_holdout(shards, 128)            # last 128 samples; the stream skips them
     mon = Monitor(cfg.monitor, holdout, len(shards.classes))
@@ -116,8 +117,8 @@ def embed_instances(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(M x C float64 L2-normalised, (M,) classes) of every instance with a non-empty v0 mask.
 
-    The same embedding for every method (DESIGN §6b), so rows compare across methods: the query
-    trunk's fused stride-8 map, averaged over the instance's mask area-resized to the map
+    The same embedding for every method (docs/design.md §2.8), so rows compare across methods:
+    the query trunk's fused stride-8 map, averaged over the instance's mask area-resized to the map
     (train.model.mask_pool), on v0 at full canvas without augmentation, in eval mode.
     """
     trunk, embs = trunk_of(model), []

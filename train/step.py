@@ -14,11 +14,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from train import dist
+from segloc import dist
+from segloc.schedule import lr_at, momentum_at
 from train.augment import augment_view, jitter_boxes, mask_boxes, visible
 from train.config import Preset, PretrainConfig
 from train.model import Regions
-from train.schedule import lr_at, momentum_at
 
 
 @dataclass(frozen=True)

@@ -8,10 +8,11 @@ from pathlib import Path
 
 import torch
 
-from eval import distributed, finetune
+from eval import finetune
 from eval.config import EvalConfig
 from eval.data import load_sets, resolve_data
 from eval.model import build_model
+from segloc import dist
 from segloc.atomic import write_json
 
 SCORE_CFG = EvalConfig(base_size=64, output_stride=32)
@@ -38,7 +39,7 @@ def score(sets, env):
 
 
 def main(data: str, out: str) -> None:
-    env = distributed.setup()
+    env = dist.setup()
     torch.set_num_threads(1)
     matrices = score(load_sets(resolve_data({}, data)), env)
     if env.main:

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from eval.data import load_sets, resolve_data
-from eval.distributed import DistEnv
+from segloc.dist import DistEnv
 from tests.eval import ddp_worker
 from tests.launch import torchrun
 

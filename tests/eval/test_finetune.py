@@ -149,6 +149,7 @@ def test_report_renders_both_protocols_and_results_json(pidray, tmp_path, tiny, 
         assert "| random | 2 |" in part and "| segloc | 2 |" in part
         assert "### Difference to random init" in part
         assert re.search(r"\| segloc \| [+-]\d+\.\d ± \d+\.\d \|", part)
+    assert "## Pretraining monitor" in md and "| segloc | 10.0 | 45.5 | – | – |" in md
     pngs = ["miou.png", "per_class_iou.png", "qualitative.png", "pretrain_loss.png", "knn.png"]
     pngs += ["miou_finetune.png", "per_class_iou_finetune.png", "qualitative_finetune.png"]
     for png in pngs:
@@ -217,8 +218,8 @@ def test_params_file_and_overrides(pidray, tmp_path, tiny):
 def test_batched_prediction_equals_one_scan_at_a_time():
     """Scans are padded to a base_size square each, so a batch changes no prediction."""
     from eval.config import EvalConfig
-    from eval.distributed import DistEnv
     from eval.model import build_model
+    from segloc.dist import DistEnv
 
     model = build_model("resnet18", "fcn", 4, 16, torch.Generator().manual_seed(0))
     with torch.no_grad():  # a trained-looking head, so the argmax is not constant

@@ -21,6 +21,7 @@ import synth.render as render
 from segloc.config import load_data_config
 from segloc.errors import UserError
 from segloc.params import load_params
+from synth.cli import main as synth_cli
 from synth.inspect import iter_samples
 from synth.shards import file_sha256, read_manifest
 from tests.launch import python_env
@@ -356,3 +357,50 @@ def _running(pid: int) -> bool:
     except OSError:
         return False
     return "\nState:\tZ" not in status
+
+
+def _tars(out: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(out.glob("*.tar"))}
+
+
+def _write_params(inputs: Path, path: Path, data: dict) -> Path:
+    params = yaml.safe_load(inputs.read_text())
+    params["data"] = data
+    path.write_text(yaml.safe_dump(params))
+    return path
+
+
+def test_render_takes_the_pidray_and_sixray_roots(inputs, rendered, tmp_path):
+    """Roots stand for their parts: PIDray's train JSON and images, SIXray's JPEGImage/ and its
+    ImageSet/ label CSV (which leaves N00005 out, as P00001 is by name); stray files are passed
+    over. The shards are those of the same inputs named part by part."""
+    for name in ("pidray", "sixray"):
+        shutil.copytree(inputs.parent / name, tmp_path / name)
+    (tmp_path / "sixray" / "JPEGImage" / "Thumbs.db").write_bytes(b"not a scan")
+    (tmp_path / "sixray" / "readme.txt").write_text("not a scan either")
+    data = {
+        "foreground": {"images": str(tmp_path / "pidray")},
+        "background": {"images": str(tmp_path / "sixray"), "labels": None},
+    }
+    params = _write_params(inputs, tmp_path / "params.yaml", data)
+    out = tmp_path / "out"
+    args = ["render", "--out", str(out), "--params", str(params), "--workers", "1"]
+    result = CliRunner().invoke(synth_cli, args)
+    assert result.exit_code == 0, result.output
+    assert _tars(out) == _tars(rendered)
+
+
+def test_null_labels_load_and_render(inputs, tmp_path):
+    data = yaml.safe_load(inputs.read_text())["data"]
+    data["background"]["labels"] = None
+    params = _write_params(inputs, tmp_path / "params.yaml", data)
+    assert "labels: null" in params.read_text()
+    assert load_data_config(load_params(params)).background.labels is None
+    render.main(tmp_path / "out", params, workers=1)
+    used = {
+        view["background"]
+        for shard in sorted((tmp_path / "out").glob("*.tar"))
+        for _, members in iter_samples(shard)
+        for view in json.loads(members["json"])["views"]
+    }
+    assert used and "P00001.jpg" not in used  # a positive by its name, with no CSV

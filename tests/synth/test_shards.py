@@ -7,11 +7,16 @@ from pycocotools import mask as mask_utils
 
 from segloc.errors import UserError
 from synth.shards import (
+    SampleError,
     View,
     build_manifest,
+    decode_labels,
+    decode_view,
     encode_sample,
     file_sha256,
     instance_records,
+    listed_shards,
+    parse_meta,
     read_manifest,
     write_shard,
 )
@@ -123,3 +128,63 @@ def test_manifest_schema_is_checked(tmp_path):
         read_manifest(path)
     with pytest.raises(UserError, match="manifest not found"):
         read_manifest(tmp_path / "nope.json")
+
+
+def _manifest(**change) -> dict:
+    record = {"name": "train-000000.tar", "samples": 2, "sha256": "x", "bytes": 10}
+    record["instances_per_class"] = {"A": 1}
+    fields = {"num_shards": 1, "samples_per_shard": 2, "canvas": 16, "classes": ("A",), "seed": 0}
+    return build_manifest(**fields, params={}, records=[record], skipped_inputs=[]) | change
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"classes": []}, "'classes' must be a non-empty list of names"),
+        ({"classes": ["c"] * 255}, "255 classes; uint8 label maps hold at most 254"),
+        ({"canvas": 0}, "'canvas' must be a positive integer"),
+        ({"shards": [{"name": "../x.tar"}]}, r"shards\[0\] needs a file 'name'"),
+    ],
+)
+def test_manifest_fields_are_checked(tmp_path, change, message):
+    path = tmp_path / "manifest.json"
+    path.write_text(json.dumps(_manifest()))
+    assert listed_shards(path, read_manifest(path)) == [tmp_path / "train-000000.tar"]
+    path.write_text(json.dumps(_manifest(**change)))
+    with pytest.raises(UserError, match=message):
+        read_manifest(path)
+
+
+def test_a_sample_reads_back_as_written():
+    members = _sample(3)
+    meta = parse_meta(members["json"], "s00000003", ["A", "B"])
+    assert meta["index"] == 3 and len(meta["views"][1]["instances"]) == 1
+    assert decode_view(members["v0.jpg"], 16, "v0.jpg").shape == (16, 16, 3)
+    labels = decode_labels(members["v1.seg.png"], 16, "v1.seg.png")
+    assert labels.dtype == np.uint8 and set(np.unique(labels).tolist()) == {0, 2}
+
+
+def _broken_meta(members: dict, change: dict) -> bytes:
+    return json.dumps(json.loads(members["json"]) | change).encode()
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"schema": 2}, "schema is not 1"),
+        ({"index": 4}, "key/index 's00000003'/4 do not match"),
+        ({"classes": ["A"]}, "differ from the manifest's"),
+        ({"views": []}, "expected two views"),
+    ],
+)
+def test_a_broken_sample_json_says_how(change, message):
+    with pytest.raises(SampleError, match=message):
+        parse_meta(_broken_meta(_sample(3), change), "s00000003", ["A", "B"])
+
+
+def test_members_of_the_wrong_size_are_refused():
+    members = _sample(3)
+    with pytest.raises(SampleError, match="v0.jpg: 16x16x3, expected a 32x32 colour JPEG"):
+        decode_view(members["v0.jpg"], 32, "v0.jpg")
+    with pytest.raises(SampleError, match="v0.seg.png: undecodable"):
+        decode_labels(b"junk", 16, "v0.seg.png")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from train import dist
+from segloc import dist
 from train.config import AugmentConfig, MonitorConfig, PretrainConfig
 from train.loop import run
 
@@ -37,7 +37,7 @@ def main(shards: str, out: str) -> None:
         },
         Path(out) / f"queue_rank{rank}.pt",
     )
-    dist.shutdown()
+    dist.teardown()
 
 
 if __name__ == "__main__":

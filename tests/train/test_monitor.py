@@ -15,6 +15,7 @@ import train.data
 from segloc.dense import fuse_stride8
 from segloc.errors import UserError
 from segloc.params import from_dict
+from segloc.schedule import scaled_lr
 from train.augment import normalise
 from train.config import (
     METHODS,
@@ -34,7 +35,6 @@ from train.monitor import (
     knn_accuracy,
     load_holdout,
 )
-from train.schedule import scaled_lr
 from train.step import StepContext
 
 from .test_pretrain_run import TINY, _weights_equal

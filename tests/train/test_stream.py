@@ -130,7 +130,7 @@ def test_corrupt_members_are_skipped_and_counted(tmp_path, shard_writer):
     used = sum(b["img0"].shape[0] for b in batches)
     assert skipped + used == 12 and skipped == 6  # 2 bad samples of 4, read three times
     reasons = set().union(*(b["skipped"] for b in batches))
-    assert reasons == {"view is not a 64x64 colour JPEG", "member .json missing"}
+    assert reasons == {"v0.jpg: undecodable, expected a 64x64 colour JPEG", "member .json missing"}
 
 
 def test_truncated_tar_is_counted_not_fatal(tmp_path, shard_writer):

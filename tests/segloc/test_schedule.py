@@ -1,4 +1,4 @@
-"""lr and key-momentum schedules, and the step budget from steps/epochs."""
+"""lr and momentum schedules: pretraining's values and fine-tuning's LambdaLR factors."""
 
 from __future__ import annotations
 
@@ -6,9 +6,7 @@ import math
 
 import pytest
 
-from segloc.errors import UserError
-from train.config import PretrainConfig, check_config, total_steps
-from train.schedule import lr_at, momentum_at, scaled_lr
+from segloc.schedule import cosine, lr_at, momentum_at, poly, scaled_lr, warmup
 
 
 def test_lr_warms_up_linearly_then_decays_on_a_cosine():
@@ -36,9 +34,16 @@ def test_lr_scales_with_the_global_batch():
     assert scaled_lr(0.03, 512) == pytest.approx(0.06)
 
 
-def test_budget_in_steps_or_epochs():
-    assert total_steps(PretrainConfig(steps=50), 1000, 1) == 50
-    cfg = PretrainConfig(steps=None, epochs=2.0, batch_size=32)
-    assert total_steps(cfg, 1000, 2) == math.ceil(2 * 1000 / 64)
-    with pytest.raises(UserError, match="exactly one"):
-        check_config(PretrainConfig(steps=10, epochs=1.0))
+def test_warmup_times_poly_ramps_then_decays():
+    lrs = [warmup(s, 4) * poly(s, 10, 1.0) for s in range(10)]
+    assert lrs[:4] == pytest.approx([0.25, 0.5 * 0.9, 0.75 * 0.8, 0.7])
+    assert all(a >= b for a, b in zip(lrs[3:], lrs[4:], strict=False)) and lrs[-1] > 0
+    assert warmup(0, 0) == 1.0
+
+
+def test_factors_run_from_one_to_zero_and_stay_there():
+    for factor in (lambda s: cosine(s, 50), lambda s: poly(s, 50, 0.9)):
+        values = [factor(s) for s in range(60)]
+        assert values[0] == 1.0 and values[50] == 0.0 and values[-1] == 0.0
+        assert all(b <= a for a, b in zip(values, values[1:], strict=False))
+    assert cosine(25, 50) == pytest.approx(0.5)
