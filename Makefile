@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: setup repro paper test test-all lint format bench clean
+.PHONY: setup repro paper gpu test test-all lint format bench clean
 
 setup: $(STAMP)
 
@@ -28,6 +28,10 @@ paper: setup
 	@test -n "$(PIDRAY)" -a -n "$(SIXRAY)" || \
 		{ echo "usage: make paper PIDRAY=/path/to/pidray SIXRAY=/path/to/sixray" >&2; exit 2; }
 	$(PY) -m segloc.paper --pidray "$(PIDRAY)" --sixray "$(SIXRAY)"
+
+# The embedded default at GPU scale (configs/gpu.yaml) on one GPU: reports under gpu_out/reports/gpu
+gpu: setup
+	OUT=gpu_out bench/gpu_profile.sh
 
 # The suite CI runs: everything except GPU tests (skipped by themselves without CUDA).
 test: setup
