@@ -29,8 +29,9 @@ paper: setup
 		{ echo "usage: make paper PIDRAY=/path/to/pidray SIXRAY=/path/to/sixray" >&2; exit 2; }
 	$(PY) -m segloc.paper --pidray "$(PIDRAY)" --sixray "$(SIXRAY)"
 
-# The embedded default at GPU scale (configs/gpu.yaml) on one GPU: reports under gpu_out/reports/gpu
-gpu: setup
+# The embedded default at GPU scale (configs/gpu.yaml) on one GPU: reports under gpu_out/reports/gpu.
+# No setup step: bench/env.sh takes .venv, or the machine's own python with torch (GPU machines).
+gpu:
 	OUT=gpu_out bench/gpu_profile.sh
 
 # The suite CI runs: everything except GPU tests (skipped by themselves without CUDA).
