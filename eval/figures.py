@@ -68,35 +68,40 @@ def plot_per_class(runs: list[Run]) -> Figure:
 
 
 def plot_pretrain_loss(pre: list[Pretrain]) -> Figure | None:
-    curves = [p for p in pre if p.curve is not None and len(p.curve[0])]
-    if not curves:
-        return None
-    fig = Figure(figsize=(6, 3.6))
-    ax = fig.subplots()
-    for p in curves:
-        steps, loss = p.curve
-        (line,) = ax.plot(steps, loss, alpha=0.25, linewidth=0.8)
-        ax.plot(steps, _smooth(loss), color=line.get_color(), label=p.label)
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss")
-    ax.set_title("Pretraining loss (faint: raw, solid: moving average)")
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-    return fig
+    return _curves(
+        [(p.label, p.curve) for p in pre],
+        "loss",
+        "Pretraining loss (faint: raw, solid: moving average)",
+        smooth=True,
+    )
 
 
 def plot_knn(pre: list[Pretrain]) -> Figure | None:
     """Held-out kNN class accuracy over pretraining steps, one line per method."""
-    curves = [p for p in pre if p.knn is not None and len(p.knn[0])]
+    return _curves(
+        [(p.label, p.knn) for p in pre],
+        "kNN accuracy (%)",
+        "Held-out instance kNN class accuracy (step 0: random init)",
+        smooth=False,
+    )
+
+
+def _curves(curves, ylabel: str, title: str, smooth: bool) -> Figure | None:
+    """One line per (label, (steps, values)); None when no curve has a point."""
+    curves = [(label, c) for label, c in curves if c is not None and len(c[0])]
     if not curves:
         return None
     fig = Figure(figsize=(6, 3.6))
     ax = fig.subplots()
-    for p in curves:
-        ax.plot(*p.knn, marker="o", label=p.label)
+    for label, (steps, values) in curves:
+        if smooth:
+            (line,) = ax.plot(steps, values, alpha=0.25, linewidth=0.8)
+            ax.plot(steps, _smooth(values), color=line.get_color(), label=label)
+        else:
+            ax.plot(steps, values, marker="o", label=label)
     ax.set_xlabel("step")
-    ax.set_ylabel("kNN accuracy (%)")
-    ax.set_title("Held-out instance kNN class accuracy (step 0: random init)")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     return fig

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -139,7 +139,9 @@ def fine_tune_once(
     )
     result = RepeatResult(seed, matrices, losses, seconds)
     if repeat == 0 and env.main:
-        result.samples = predict_samples(model, sets, cfg, env)
+        result.samples = predict_samples(
+            lambda _split, _i, rgb: predict(model, rgb, cfg, env), sets, cfg
+        )
         result.state = model.state_dict() if cfg.save_model else None
     return result
 
@@ -243,11 +245,15 @@ def score_split(model: nn.Module, coco: CocoSet, cfg: EvalConfig, env: DistEnv) 
     return cm.numpy()
 
 
+Predictor = Callable[[str, int, np.ndarray], torch.Tensor]  # (split, index, scan) -> H x W
+
+
 def predict_samples(
-    model: nn.Module, sets: LabeledSets, cfg: EvalConfig, env: DistEnv
+    predictor: Predictor, sets: LabeledSets, cfg: EvalConfig
 ) -> dict[str, np.ndarray]:
     """Scan, truth and prediction (long side SAMPLE_SIZE) of evenly spaced images of each split;
-    the choice depends on the data only, so every init's run shows the same images."""
+    the choice depends on the data only, so every init's run (and protocol) shows the same
+    images. `predictor(split, i, rgb)` gives image i's class map at its own size."""
     arrays: dict[str, np.ndarray] = {}
     names = []
     for split, coco in sets.test.items():
@@ -255,7 +261,7 @@ def predict_samples(
         for i in picks.astype(int):
             image = coco.images[i]
             rgb, truth = load_example(coco, image)
-            pred = predict(model, rgb, cfg, env).cpu().numpy().astype(np.uint8)
+            pred = predictor(split, int(i), rgb).cpu().numpy().astype(np.uint8)
             k = len(names)
             arrays[f"scan_{k}"] = resize_long(rgb, SAMPLE_SIZE)
             arrays[f"truth_{k}"] = resize_long(truth, SAMPLE_SIZE, nearest=True)

@@ -37,7 +37,7 @@ from eval.data import (
     load_example,
     resize_long,
 )
-from eval.finetune import SAMPLE_SIZE, data_summary, load_inputs, square_input
+from eval.finetune import data_summary, load_inputs, predict_samples, square_input
 from eval.inits import Init
 from eval.metrics import ConfusionMatrix
 from eval.model import build_trunk, load_resnet_body
@@ -227,7 +227,11 @@ def probe_once(
     log.info("seed %d: head trained in %.1f s, scored in %.1f s", seed, *seconds.values())
     result = RepeatResult(seed, matrices, losses, seconds)
     if samples:
-        result.samples = probe_samples(head, tests, sets, cfg)
+        result.samples = predict_samples(
+            lambda split, i, rgb: predict(head, tests[split], i, rgb.shape[:2], cfg.base_size),
+            sets,
+            cfg,
+        )
     return result
 
 
@@ -277,25 +281,3 @@ def score(head: nn.Module, feats: Features, classes: int, base: int) -> np.ndarr
     for i, truth in enumerate(feats.truths):
         cm.update(truth, predict(head, feats, i, tuple(truth.shape), base))
     return cm.numpy()
-
-
-def probe_samples(
-    head: nn.Module, tests: dict[str, Features], sets: LabeledSets, cfg: EvalConfig
-) -> dict[str, np.ndarray]:
-    """Scan, truth and prediction of evenly spaced test images, as fine-tuning keeps them."""
-    arrays: dict[str, np.ndarray] = {}
-    names = []
-    for split, coco in sets.test.items():
-        picks = np.unique(np.linspace(0, len(coco.images) - 1, cfg.samples_per_split).round())
-        for i in picks.astype(int):
-            rgb, truth = load_example(coco, coco.images[i])
-            pred = predict(head, tests[split], i, truth.shape, cfg.base_size)
-            k = len(names)
-            arrays[f"scan_{k}"] = resize_long(rgb, SAMPLE_SIZE)
-            arrays[f"truth_{k}"] = resize_long(truth, SAMPLE_SIZE, nearest=True)
-            arrays[f"pred_{k}"] = resize_long(
-                pred.cpu().numpy().astype(np.uint8), SAMPLE_SIZE, nearest=True
-            )
-            names.append(f"{split}:{coco.images[i].file_name}")
-    arrays["names"] = np.array(names)
-    return arrays
