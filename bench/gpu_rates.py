@@ -1,6 +1,7 @@
-"""Fine-tuning step rates at the paper's scale, for the wall-time figures in the README.
+"""Step rates at the paper's scale: fine-tuning wall times for the README, pretraining throughput.
 
     python bench/gpu_rates.py                       # CUDA if present: configs/paper.yaml sizes
+    python bench/gpu_rates.py --two-view            # the two-view pretraining section only
     python bench/gpu_rates.py --device cpu --small  # a check of the script on a laptop
 
 Figures, all measured in this run on synthetic inputs (a step's cost depends on sizes, not on
@@ -9,28 +10,67 @@ content), each printed against its baseline from the same run:
   SGD, bf16 autocast against float32 (the baseline); and scoring, per scan at --base px;
 - instance: the Mask R-CNN of `evaluate --task instance` (eval.instance.build_maskrcnn) at
   --min-size / --max-size, --inst-batch scans with 3 items each, bf16 against float32;
-and the hours that --steps / --inst-steps steps take at the faster rate.
+  and the hours that --steps / --inst-steps steps take at the faster rate;
+- two-view pretraining (run alone by --two-view; part of the default run on CUDA unless
+  --no-two-view): two-view samples/s of the real segloc step (train.loop.build_model with mask
+  pooling and one queue per class, train.step.train_step: host-to-device copy, augmentation,
+  both encoders, loss, SGD) on configs/paper.yaml's pretrain settings with --arch at --tv-crop
+  px, fed one loader batch decoded from bench/train_step.py's fake shards; a grid of
+  --tv-batches x channels_last on/off (CUDA only) x torch.compile (CUDA only: the largest batch,
+  channels_last). Its baseline, the practical ceiling: a plain torchvision --arch step with the
+  same per-sample work at the same batch size (forward + backward + SGD on B images and a
+  no-grad forward on B more; bf16 autocast and channels_last on CUDA, not compiled). The best
+  segloc rate is set against the issue's target of 2,000 samples/s (resnet50, 224 px, bf16, one
+  card), and its step time is split into phases with device-synchronised timers.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import copy
+import gc
+import importlib.util
+import itertools
 import sys
+import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
+from types import ModuleType
+from unittest import mock
 
 import torch
 import torch.nn.functional as F
+import torchvision
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 
+import train.step as pretrain_step  # noqa: E402
 from eval.config import InstanceConfig  # noqa: E402
 from eval.instance import build_maskrcnn  # noqa: E402
 from eval.model import build_model  # noqa: E402
 from segloc.atomic import write_json  # noqa: E402
+from segloc.paper import config_overrides  # noqa: E402
+from segloc.params import load_params  # noqa: E402
+from segloc.schedule import scaled_lr  # noqa: E402
+from train import loop as pretrain_loop  # noqa: E402
+from train.config import METHODS, PretrainConfig, load_pretrain_config  # noqa: E402
+from train.data import open_shards  # noqa: E402
 
 CLASSES = 12  # PIDray's item classes
+TARGET = 2000.0  # two-view samples/s: resnet50, 224 px crops, bf16, one card (the issue's goal)
+LONG_RUN = 100_000  # the schedule's run length: the timed steps sit early in a long warm-up
+PHASES = ("inputs", "forward", "backward", "optimizer", "other")
+PHASE_NAMES = {
+    "inputs": "host-to-device copy + augmentation",
+    "forward": "forward: both encoders, loss, enqueue",
+    "backward": "loss sync + zero_grad + backward",
+    "optimizer": "optimizer step",
+    "other": "rest of train_step",
+}
 
 
 def _sync(device: torch.device) -> None:
@@ -122,6 +162,272 @@ def instance_step_seconds(args: argparse.Namespace, device: torch.device, bf16: 
     return _timed(step, device, args.warmup, args.timed)
 
 
+# ---------------------------------------------------------------- two-view pretraining throughput
+
+
+def _bench_train_step() -> ModuleType:
+    """bench/train_step.py as a module: its fake-shard writer and loader batches."""
+    spec = importlib.util.spec_from_file_location(
+        "bench_train_step", ROOT / "bench" / "train_step.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def paper_pretrain_config(args: argparse.Namespace, device: torch.device) -> PretrainConfig:
+    """params.yaml's pretrain section under configs/paper.yaml, at --arch and --tv-crop."""
+    overrides = config_overrides(ROOT / "configs" / "paper.yaml", ROOT / "params.yaml")
+    cfg = load_pretrain_config(load_params(ROOT / "params.yaml", overrides))
+    return replace(
+        cfg,
+        arch=args.arch,
+        device=str(device),
+        compile=False,
+        workers=1,  # load_batches reads one stream
+        shuffle_buffer=64,
+        augment=replace(cfg.augment, crop=args.tv_crop),
+    )
+
+
+def _first_images(batch: dict, n: int) -> dict:
+    """The first n samples of a collated two-view batch (its instances are image-major)."""
+    if batch["img0"].shape[0] < n:
+        raise RuntimeError(f"the loader batch holds {batch['img0'].shape[0]} samples, not {n}")
+    keep = batch["inst_img"] < n
+    out = dict(batch)
+    for key in ("img0", "img1"):
+        out[key] = batch[key][:n]
+    for key in ("inst_img", "inst_slot", "inst_cls", "masks0", "masks1"):
+        out[key] = batch[key][keep]
+    return out
+
+
+@contextlib.contextmanager
+def _view_layout(channels_last: bool):
+    """train.step hands the views to the model in channels_last on CUDA; with False they stay
+    contiguous for the measurement (the only way to switch it off without editing train.step)."""
+    if channels_last:
+        yield
+        return
+    with mock.patch.object(pretrain_step, "_channels_last", lambda inputs, device: inputs):
+        yield
+
+
+def _free(device: torch.device) -> None:
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def phase_split(
+    model: torch.nn.Module,
+    opt: torch.optim.Optimizer,
+    step: Callable[[], None],
+    device: torch.device,
+    steps: int,
+) -> dict[str, float]:
+    """ms per phase of `step` (one train_step), from hooks that synchronise the device at each
+    boundary: model forward pre-hook (inputs done), forward hook, optimizer pre-/post-hook."""
+    marks: list[tuple[str, float]] = []
+
+    def mark(name: str):
+        def hook(*_) -> None:
+            _sync(device)
+            marks.append((name, time.perf_counter()))
+
+        return hook
+
+    handles = [
+        model.register_forward_pre_hook(mark("inputs")),
+        model.register_forward_hook(mark("forward")),
+        opt.register_step_pre_hook(mark("backward")),
+        opt.register_step_post_hook(mark("optimizer")),
+    ]
+    totals = dict.fromkeys(PHASES, 0.0)
+    try:
+        for _ in range(steps):
+            marks.clear()
+            _sync(device)
+            last = time.perf_counter()
+            step()
+            _sync(device)
+            for name, when in [*marks, ("other", time.perf_counter())]:
+                totals[name] += when - last
+                last = when
+    finally:
+        for handle in handles:
+            handle.remove()
+    return {name: 1e3 * t / steps for name, t in totals.items()}
+
+
+def segloc_rate(
+    cfg: PretrainConfig,
+    batch: dict,
+    classes: tuple[str, ...],
+    device: torch.device,
+    channels_last: bool,
+    args: argparse.Namespace,
+) -> tuple[float, dict[str, float]]:
+    """(two-view samples/s of train_step, ms per phase) at cfg.batch_size and cfg.compile."""
+    preset = METHODS["segloc"]
+    # PIDray's 12 queues (the bank's layout); the fake shards' labels use the first few.
+    model = pretrain_loop.build_model(cfg, preset, max(CLASSES, len(classes)), device)
+    if not channels_last:
+        model.to(memory_format=torch.contiguous_format)  # build_model's channels_last, undone
+    opt = pretrain_loop.build_optimizer(model, cfg)
+    peak = scaled_lr(cfg.lr, cfg.batch_size)
+    ctx = pretrain_step.StepContext(cfg, preset, LONG_RUN, peak, device, 0, classes)
+    counter = itertools.count()
+
+    def step() -> None:  # ends in a host sync: train_step reads the loss
+        pretrain_step.train_step(model, opt, dict(batch), next(counter), ctx)
+
+    with _view_layout(channels_last):
+        seconds = _timed(step, device, args.tv_warmup, args.tv_timed)
+        split = phase_split(model, opt, step, device, args.tv_split)
+    return cfg.batch_size / seconds, split
+
+
+def plain_rate(
+    args: argparse.Namespace, batch: int, device: torch.device, bf16: bool, channels_last: bool
+) -> float:
+    """Samples/s of the ceiling: a torchvision --arch step (forward + backward + SGD) on `batch`
+    images and a no-grad forward of a second copy (the key encoder) on `batch` more."""
+    with torch.random.fork_rng(devices=[]):  # torchvision's init draws from the global generator
+        torch.manual_seed(0)
+        net = torchvision.models.get_model(args.arch, num_classes=128).to(device)
+    key = copy.deepcopy(net).requires_grad_(False)  # train mode: batch statistics, as MoCo's
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    net.to(memory_format=layout)
+    key.to(memory_format=layout)
+    opt = torch.optim.SGD(net.parameters(), lr=1e-3, momentum=0.9, weight_decay=1e-4)
+    g = torch.Generator().manual_seed(2)
+    size = (batch, 3, args.tv_crop, args.tv_crop)
+    x_q = torch.randn(size, generator=g).to(device).contiguous(memory_format=layout)
+    x_k = torch.randn(size, generator=g).to(device).contiguous(memory_format=layout)
+
+    def step() -> None:
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            q = net(x_q)
+            with torch.no_grad():
+                k = key(x_k)
+            loss = -F.cosine_similarity(q.float(), k.float()).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    return batch / _timed(step, device, args.tv_warmup, args.tv_timed)
+
+
+def two_view_rates(args: argparse.Namespace, device: torch.device) -> dict:
+    """The grid's rows (segloc and plain samples/s, their ratio, the phase split), the best row."""
+    cuda = device.type == "cuda"
+    base = paper_pretrain_config(args, device)
+    batches = sorted(set(args.tv_batches))
+    helpers = _bench_train_step()
+    with tempfile.TemporaryDirectory() as tmp:
+        canvas = max(64, args.tv_crop + 32)  # configs/paper.yaml: 256 px canvas, 224 px crops
+        shards = open_shards(helpers.fake_shards(Path(tmp) / "shards", canvas=canvas))
+        (full,), _ = helpers.load_batches(replace(base, batch_size=batches[-1]), shards, 1)
+    grid = [(b, cl, False) for b in batches for cl in ((True, False) if cuda else (False,))]
+    if cuda:
+        grid.append((batches[-1], True, True))  # compile costs a minute: the largest batch only
+    plain: dict[int, float] = {}
+    rows = []
+    for b, channels_last, compiled in grid:
+        row = {"batch": b, "channels_last": channels_last, "compile": compiled}
+        try:
+            if b not in plain:
+                plain[b] = plain_rate(args, b, device, bf16=cuda, channels_last=cuda)
+            batch = _first_images(full, b)
+            if cuda:  # the training loop's loader pins its batches on CUDA
+                batch = {k: v.pin_memory() if torch.is_tensor(v) else v for k, v in batch.items()}
+            cfg = replace(base, batch_size=b, compile=compiled)
+            rate, split = segloc_rate(cfg, batch, shards.classes, device, channels_last, args)
+        except Exception as err:  # an OOM, or a compile failure, ends one row only
+            if not (compiled or isinstance(err, torch.cuda.OutOfMemoryError)):
+                raise
+            row["error"] = f"{type(err).__name__}: {str(err).splitlines()[0][:200]}"
+            print(f"two-view batch {b}: {row['error']}", file=sys.stderr)
+        else:
+            row |= {
+                "segloc_samples_per_s": rate,
+                "plain_samples_per_s": plain[b],
+                "ratio": rate / plain[b],
+                "split_ms": split,
+            }
+        rows.append(row)
+        _free(device)  # the row's models (and a failed row's traceback) are gone by now
+    done = [r for r in rows if "error" not in r]
+    best = max(done, key=lambda r: r["segloc_samples_per_s"]) if done else None
+    return {
+        "arch": args.arch,
+        "crop": args.tv_crop,
+        "canvas": canvas,
+        "precision": "bf16" if cuda else "float32",
+        "queues": max(CLASSES, len(shards.classes)),
+        "queue_size": base.queue_size,
+        "shuffle_bn_groups": base.shuffle_bn_groups,
+        "optimizer": base.optimizer,
+        "instances_per_sample": len(full["inst_img"]) / len(full["img0"]),
+        "warmup": args.tv_warmup,
+        "timed": args.tv_timed,
+        "split_steps": args.tv_split,
+        "rows": rows,
+        "best": best,
+        "target_samples_per_s": TARGET,
+        "best_vs_target": best["segloc_samples_per_s"] / TARGET if best else None,
+    }
+
+
+def _layout(row: dict, cuda: bool) -> str:
+    if not cuda:
+        return "contiguous (CPU)"
+    return "channels_last" if row["channels_last"] else "contiguous"
+
+
+def report_two_view(r: dict, name: str, cuda: bool) -> None:
+    print(
+        f"\ntwo-view pretraining on {name}: segloc ({r['queues']} class queues, {r['queue_size']} "
+        f"keys in all) against a plain {r['arch']} step, {r['crop']} px crops, {r['precision']}; "
+        f"mean of {r['timed']} timed steps after {r['warmup']} untimed\n"
+    )
+    print("| batch | layout | compile | segloc samples/s | plain samples/s | segloc / plain |")
+    print("|---:|---|---|---:|---:|---:|")
+    for row in r["rows"]:
+        head = f"| {row['batch']} | {_layout(row, cuda)} | {'yes' if row['compile'] else 'no'} |"
+        if "error" in row:
+            print(f"{head} failed: {row['error']} | | |")
+        else:
+            print(
+                f"{head} {row['segloc_samples_per_s']:,.1f} | {row['plain_samples_per_s']:,.1f} | "
+                f"{row['ratio']:.2f} |"
+            )
+    best = r["best"]
+    if best is None:
+        print("\nno configuration ran")
+        return
+    split = best["split_ms"]
+    total = sum(split.values())
+    print(
+        f"\nstep of the best (batch {best['batch']}, {_layout(best, cuda)}, "
+        f"{'compiled' if best['compile'] else 'eager'}): {total:.1f} ms, mean of "
+        f"{r['split_steps']} synchronised steps\n"
+    )
+    print("| phase | ms | share |")
+    print("|---|---:|---:|")
+    for phase in PHASES:
+        print(f"| {PHASE_NAMES[phase]} | {split[phase]:.1f} | {100 * split[phase] / total:.0f} % |")
+    verdict = "meets it" if best["segloc_samples_per_s"] >= r["target_samples_per_s"] else "below"
+    print(
+        f"\nbest: {best['segloc_samples_per_s']:,.0f} two-view samples/s, "
+        f"{100 * best['ratio']:.0f} % of the practical ceiling; target "
+        f"{r['target_samples_per_s']:,.0f} (resnet50, 224 px, bf16, one card): "
+        f"{100 * r['best_vs_target']:.0f} % of it, {verdict}"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -140,17 +446,42 @@ def main() -> None:
     parser.add_argument("--inst-steps", type=int, default=3000)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--timed", type=int, default=10)
+    parser.add_argument("--tv-batches", type=int, nargs="+", default=[64, 128, 256])
+    parser.add_argument("--tv-crop", type=int, default=224, help="pretraining crop (paper: 224)")
+    parser.add_argument("--tv-warmup", type=int, default=3, help="two-view: untimed steps")
+    parser.add_argument("--tv-timed", type=int, default=8, help="two-view: timed steps")
+    parser.add_argument("--tv-split", type=int, default=3, help="two-view: phase-split steps")
+    section = parser.add_mutually_exclusive_group()
+    section.add_argument(
+        "--two-view", action="store_true", help="only the two-view pretraining throughput"
+    )
+    section.add_argument(
+        "--no-two-view", action="store_true", help="leave it out of the default run on CUDA"
+    )
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
     if args.small:
         args.arch, args.batch, args.crop, args.base, args.inst_batch = "resnet18", 2, 64, 96, 1
         args.min_size, args.max_size, args.scan = 64, 96, (64, 96)
         args.warmup, args.timed = 1, 2
+        args.tv_batches, args.tv_crop = [4], 64
+        args.tv_warmup, args.tv_timed, args.tv_split = 1, 2, 1
     device = torch.device(args.device)
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
-    bf16_ok = device.type == "cuda"  # CPU bf16 autocast is slower than float32: not worth timing
+    cuda = device.type == "cuda"
+    name = torch.cuda.get_device_name(device) if cuda else "CPU"
     out: dict = {"device": name, "arch": args.arch}
+    if not args.two_view:
+        fine_tuning_rates(args, device, name, out)
+    if args.two_view or (cuda and not args.no_two_view):
+        out["two_view"] = two_view_rates(args, device)
+        report_two_view(out["two_view"], name, cuda)
+    if args.json:
+        write_json(args.json, out)
 
+
+def fine_tuning_rates(args: argparse.Namespace, device: torch.device, name: str, out: dict) -> None:
+    """The semantic, scoring and instance figures, printed and added to `out`."""
+    bf16_ok = device.type == "cuda"  # CPU bf16 autocast is slower than float32: not worth timing
     fp32, score32 = semantic_seconds(args, device, bf16=False)
     bf16, score16 = semantic_seconds(args, device, bf16=True) if bf16_ok else (fp32, score32)
     best, score = min(fp32, bf16), min(score32, score16)
@@ -198,8 +529,6 @@ def main() -> None:
         "steps": args.inst_steps,
         "minutes": args.inst_steps * best / 60,
     }
-    if args.json:
-        write_json(args.json, out)
 
 
 if __name__ == "__main__":

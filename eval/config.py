@@ -60,7 +60,8 @@ class EvalConfig:
     seed: int = 0  # repeat r trains with seed + r
     repeats: int = 3  # fine-tunes per init; results are mean ± std over them
     arch: Arch = "resnet18"  # every init must be this architecture
-    head: Literal["fcn", "deeplabv3"] = "fcn"
+    # fused: a 1x1 conv on the fused stride-8 map (C3 + upsampled C4, C5), no dilation
+    head: Literal["fcn", "deeplabv3", "fused"] = "fcn"
     output_stride: Literal[8, 16, 32] = 16  # 8/16 dilate layer3+4 / layer4 instead of striding
     steps: int = 40
     batch_size: int = 8  # per process; the global batch is batch_size x world size
@@ -70,6 +71,7 @@ class EvalConfig:
     # Re-draw a crop (up to 10 times) while one class holds more than this share of its labeled
     # pixels; 1.0: off. Keeps small items in the batches (the usual 0.75 of segmentation recipes).
     cat_max_ratio: float = 0.75
+    optimizer: Literal["sgd", "adamw"] = "sgd"  # adamw ignores momentum
     lr: float = 0.02
     momentum: float = 0.9
     weight_decay: float = 1e-4

@@ -154,7 +154,7 @@ def train(
     env: DistEnv,
     desc: str = "fine-tune",
 ) -> list[float]:
-    """SGD with poly lr for cfg.steps steps; returns this rank's loss per step."""
+    """SGD (or AdamW) with poly lr for cfg.steps steps; returns this rank's loss per step."""
     draws = TrainDraws(sets, seed, cfg.base_size, cfg.crop_size, cfg.scale_range, cfg.cat_max_ratio)
     loader = DataLoader(
         draws,
@@ -164,9 +164,12 @@ def train(
         pin_memory=env.device.type == "cuda",
     )
     net = DistributedDataParallel(model) if env.world > 1 else model
-    opt = torch.optim.SGD(
-        model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
-    )
+    if cfg.optimizer == "adamw":
+        opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    else:
+        opt = torch.optim.SGD(
+            model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+        )
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: poly(s, cfg.steps, cfg.poly_power))
     losses = []
     model.train()

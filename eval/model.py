@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 import torchvision
 from torch import nn
 from torchvision.models._utils import IntermediateLayerGetter
@@ -25,6 +26,7 @@ from torchvision.models.segmentation.fcn import FCN, FCNHead
 from eval.data import MEAN, STD
 from eval.inits import Init
 from segloc.backbone_card import card_normalize
+from segloc.dense import fuse_stride8
 from segloc.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -38,11 +40,18 @@ ASPP_RATES = {32: (3, 6, 9), 16: (6, 12, 18), 8: (12, 24, 36)}
 def build_model(
     arch: str, head: str, num_classes: int, output_stride: int, generator: torch.Generator
 ) -> nn.Module:
-    """Randomly initialised FCN or DeepLabV3 on `arch`; logits come back at the input size."""
+    """Randomly initialised FCN, DeepLabV3 or fused-stride-8 model on `arch`; logits come back at
+    the input size. `fused` ignores `output_stride`: it reads C3..C5 undilated (`FusedSeg`)."""
     # Built on the meta device: torchvision's own init would draw from the global RNG; ours takes
     # `generator` instead, and materialising once saves the double init.
     with torch.device("meta"):
         resnet = getattr(torchvision.models, arch)(weights=None)
+        if head == "fused":
+            layers = {"layer2": "c3", "layer3": "c4", "layer4": "c5"}
+            model = FusedSeg(IntermediateLayerGetter(resnet, layers), num_classes)
+            model.to_empty(device="cpu")
+            _init_weights(model, generator)
+            return model
         _dilate(resnet, output_stride)
         backbone = IntermediateLayerGetter(resnet, {"layer4": "out"})
         channels = resnet.fc.in_features
@@ -55,6 +64,31 @@ def build_model(
     model.to_empty(device="cpu")
     _init_weights(model, generator)
     return model
+
+
+class FusedSeg(nn.Module):
+    """A 1x1-conv classifier on the fused stride-8 map (C3 + upsampled C4, C5; `segloc.dense`),
+    upsampled to the input: the supervised pretraining's and the probe's read-out, trained end
+    to end. No dilation, so it costs what a plain ResNet forward costs; on a CPU it learns the
+    demo's items far faster than FCN at output stride 16 (docs/2026-11-30-learnable-default.md)."""
+
+    def __init__(self, backbone: nn.Module, num_classes: int):
+        super().__init__()
+        self.backbone = backbone
+        channels = sum(_width(getattr(backbone, name)) for name in ("layer2", "layer3", "layer4"))
+        self.classifier = nn.Sequential(nn.Conv2d(channels, num_classes, 1))
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        maps = self.backbone(x)
+        logits = self.classifier(fuse_stride8([maps["c3"], maps["c4"], maps["c5"]]))
+        return {
+            "out": F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
+        }
+
+
+def _width(layer: nn.Module) -> int:
+    """Output channels of a ResNet layer: those of the BatchNorm ending its last block."""
+    return [m for m in layer[-1].modules() if isinstance(m, nn.BatchNorm2d)][-1].num_features
 
 
 def _dilate(resnet: nn.Module, output_stride: int) -> None:

@@ -71,6 +71,7 @@ class MonitorConfig:
 class PretrainConfig:
     arch: Literal["resnet18", "resnet34", "resnet50", "resnet101"] = "resnet18"
     fpn: bool = False  # pool instances from P2..P5 (level by size) instead of C5
+    pool_from: Literal["c5", "stride8"] = "c5"  # map instances are pooled from (fpn: P2..P5)
     pooling: Pooling | None = None  # null: the method's preset
     queue: QueueKind | None = None  # null: the method's preset
     positives: Positives = "instance"  # class: own-class queue keys are positives too
@@ -176,6 +177,11 @@ def check_config(cfg: PretrainConfig) -> None:
     for key, value in positive.items():
         if value <= 0:
             raise UserError(f"params pretrain.{key}: expected a positive number, got {value}")
+    if cfg.fpn and cfg.pool_from != "c5":
+        raise UserError(
+            "params pretrain.pool_from: an FPN pools its own levels P2..P5; "
+            f"set pool_from c5 with fpn true (got {cfg.pool_from})"
+        )
     if not 0.0 <= cfg.momentum < 1.0:
         raise UserError(
             f"params pretrain.momentum: expected a number in [0, 1), got {cfg.momentum}"

@@ -178,8 +178,9 @@ def build_model(
     if preset.pooling is None:
         model = SupervisedSeg(cfg.arch, num_classes)
         init_weights(model, g)
+        model.start_small(g)
     else:
-        encoder = Encoder(cfg.arch, preset.pooling, cfg.dim, cfg.fpn)
+        encoder = Encoder(cfg.arch, preset.pooling, cfg.dim, cfg.fpn, cfg.pool_from)
         init_weights(encoder, g)
         queues = num_classes if preset.queue == "per_class" else 1
         model = ClassQueueMoCo(

@@ -5,6 +5,7 @@ Pooling turns feature maps into one vector per instance (docs/design.md §2.5):
   the map so even an instance smaller than a cell keeps a (fractional) weight;
 - `box`   (InsLoc): RoIAlign 7x7 on the box, averaged;
 - `image` (MoCo): global average of C5.
+The map is C5 or, with `pool_from: stride8`, the fused stride-8 map the probe reads.
 With an FPN, every instance is pooled on every level P2..P5 and the level its size calls for is
 kept (the Mask R-CNN rule torchvision's MultiScaleRoIAlign uses); pooling everywhere keeps every
 level in the autograd graph, which DDP needs.
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -21,6 +23,9 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 from torchvision.ops import FeaturePyramidNetwork, roi_align
+
+from segloc.dense import STRIDE as STRIDE8
+from segloc.dense import fuse_stride8
 
 # arch -> (constructor, channels of C2..C5)
 ARCHS = {
@@ -30,6 +35,7 @@ ARCHS = {
     "resnet101": (torchvision.models.resnet101, (256, 512, 1024, 2048)),
 }
 STRIDES = (4, 8, 16, 32)  # of C2..C5 / P2..P5
+POOL_FROM = ("c5", "stride8")
 FPN_CHANNELS = 256
 
 
@@ -63,10 +69,21 @@ class ResNetTrunk(nn.Module):
 
 
 class Encoder(nn.Module):
-    """Trunk (+ FPN) + pooling + MLP head -> L2-normalised embeddings (M x dim)."""
+    """Trunk (+ FPN) + pooling + MLP head -> L2-normalised embeddings (M x dim).
 
-    def __init__(self, arch: str, pooling: str, dim: int, fpn: bool):
+    Instances are pooled from one of three maps: C5 (stride 32), the fused stride-8 map
+    (`segloc.dense`: C3 + upsampled C4, C5; `pool_from="stride8"`), or P2..P5 of an FPN by
+    instance size (`fpn`). On C5 a 64-px crop is a 2 x 2 map, so a mask-pooled instance is
+    nearly the whole crop; at stride 8 a 30-px item covers several cells of the map the probe reads.
+    Image pooling (MoCo) always averages C5.
+    """
+
+    def __init__(self, arch: str, pooling: str, dim: int, fpn: bool, pool_from: str = "c5"):
         super().__init__()
+        if pool_from not in POOL_FROM:
+            raise ValueError(f"pool_from {pool_from!r}: expected one of {', '.join(POOL_FROM)}")
+        if fpn and pool_from != "c5":
+            raise ValueError("an FPN pools P2..P5: pool_from must be c5 with fpn")
         self.pooling = pooling
         self.trunk = ResNetTrunk(arch)
         chans = self.trunk.channels
@@ -74,34 +91,49 @@ class Encoder(nn.Module):
         self.fpn = (
             FeaturePyramidNetwork(list(chans), FPN_CHANNELS) if fpn and pooling != "image" else None
         )
-        width = FPN_CHANNELS if self.fpn is not None else chans[-1]
+        self.dense = pool_from == "stride8" and pooling != "image"
+        if self.fpn is not None:
+            width = FPN_CHANNELS
+        elif self.dense:
+            width = sum(chans[1:])
+        else:
+            width = chans[-1]
         # MoCo-v2 head: hidden layer as wide as the input, no BN (instances, not images, are the batch).
         self.head = nn.Sequential(
             nn.Linear(width, width), nn.ReLU(inplace=True), nn.Linear(width, dim)
         )
 
+    @property
+    def strides(self) -> tuple[int, ...]:
+        """Stride of each map `feature_maps` returns."""
+        if self.fpn is not None:
+            return STRIDES
+        return (STRIDE8,) if self.dense else STRIDES[-1:]
+
     def feature_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """C5 alone, or P2..P5 with an FPN."""
+        """C5 alone, the fused stride-8 map, or P2..P5 with an FPN."""
         feats = self.trunk(x)
-        if self.fpn is None:
-            return [feats[-1]]
-        out = self.fpn(OrderedDict((f"c{i + 2}", f) for i, f in enumerate(feats)))
-        return list(out.values())
+        if self.fpn is not None:
+            out = self.fpn(OrderedDict((f"c{i + 2}", f) for i, f in enumerate(feats)))
+            return list(out.values())
+        return [fuse_stride8(feats[1:])] if self.dense else [feats[-1]]
 
     def embed(self, maps: list[torch.Tensor], regions: Regions | None) -> torch.Tensor:
         if self.pooling == "image":
             pooled = maps[-1].mean((2, 3))  # B x C
         else:
-            pooled = pool_instances(maps, regions, self.pooling)  # M x C
+            pooled = pool_instances(maps, regions, self.pooling, self.strides)  # M x C
         return F.normalize(self.head(pooled.float()), dim=1)
 
     def forward(self, x: torch.Tensor, regions: Regions | None = None) -> torch.Tensor:
         return self.embed(self.feature_maps(x), regions)
 
 
-def pool_instances(maps: list[torch.Tensor], regions: Regions, pooling: str) -> torch.Tensor:
-    """M x C instance vectors from C5 (one map) or P2..P5 (four maps, level chosen by size)."""
-    strides = STRIDES[-len(maps) :]
+def pool_instances(
+    maps: list[torch.Tensor], regions: Regions, pooling: str, strides: Sequence[int]
+) -> torch.Tensor:
+    """M x C instance vectors from one map (C5 or the fused stride-8 map) or P2..P5 (four maps,
+    level chosen by size); `strides` gives each map's."""
     size = maps[0].shape[-1] * strides[0]  # input side in pixels
     per_level = [
         mask_pool(f, regions) if pooling == "mask" else box_pool(f, regions, s)

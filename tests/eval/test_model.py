@@ -2,11 +2,13 @@ import json
 
 import pytest
 import torch
+import torch.nn.functional as F
 import torchvision
 from torch import nn
 
 from eval.inits import resolve_init
 from eval.model import _dilate, build_model, load_init
+from segloc.dense import fuse_stride8
 from segloc.errors import UserError
 
 
@@ -54,7 +56,7 @@ def test_random_init_differs_from_loaded_and_is_seeded(tmp_path):
     assert all(torch.equal(x, y) for x, y in zip(head_a, head_b, strict=True))
 
 
-@pytest.mark.parametrize("head", ["fcn", "deeplabv3"])
+@pytest.mark.parametrize("head", ["fcn", "deeplabv3", "fused"])
 @pytest.mark.parametrize("stride", [8, 16, 32])
 def test_logits_come_back_at_input_size(head, stride):
     model = build_model("resnet18", head, 4, stride, _gen()).eval()
@@ -138,3 +140,22 @@ def test_other_input_normalisation_is_warned_about(tmp_path, caplog):
     load_init(model, resolve_init(str(tmp_path / "run")), "resnet18")
     assert "pretraining normalised with mean=[0.5, 0.5, 0.5]" in caplog.text
     assert "std=" not in caplog.text  # only what differs
+
+
+def test_fused_head_reads_the_probe_map_and_loads_an_exported_backbone(tmp_path):
+    """The fused model's backbone has the ResNet's keys (an export loads as is), and its logits
+    are a 1x1 conv of exactly the map the probe reads, upsampled to the input."""
+    model = build_model("resnet18", "fused", 5, 16, _gen()).eval()
+    state = _export(tmp_path / "run")
+    load_init(model, resolve_init(str(tmp_path / "run")), "resnet18")
+    for key, value in state.items():
+        torch.testing.assert_close(model.backbone.state_dict()[key], value)
+    x = torch.randn(1, 3, 48, 48)
+    with torch.no_grad():
+        maps = model.backbone(x)
+        fused = fuse_stride8([maps["c3"], maps["c4"], maps["c5"]])
+        expected = F.interpolate(model.classifier(fused), size=(48, 48), mode="bilinear")
+        torch.testing.assert_close(model(x)["out"], expected)
+    assert fused.shape[1] == 896  # resnet18: 128 + 256 + 512
+    # The classifier starts small: every class near equal probability.
+    assert model.classifier[0].weight.abs().max() < 0.1

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
 
+from segloc.dense import fuse_stride8
 from train.model import (
     Encoder,
     Regions,
@@ -14,6 +17,7 @@ from train.model import (
     fpn_level,
     init_weights,
     mask_pool,
+    pool_instances,
     split_batchnorm,
 )
 
@@ -59,11 +63,19 @@ def test_fpn_level_rule():
 
 
 @pytest.mark.parametrize(
-    ("pooling", "fpn"),
-    [("mask", False), ("mask", True), ("box", False), ("box", True), ("image", False)],
+    ("pooling", "fpn", "pool_from"),
+    [
+        ("mask", False, "c5"),
+        ("mask", True, "c5"),
+        ("mask", False, "stride8"),
+        ("box", False, "c5"),
+        ("box", True, "c5"),
+        ("box", False, "stride8"),
+        ("image", False, "c5"),
+    ],
 )
-def test_encoder_embeds_unit_vectors(pooling, fpn):
-    enc = Encoder("resnet18", pooling, 16, fpn)
+def test_encoder_embeds_unit_vectors(pooling, fpn, pool_from):
+    enc = Encoder("resnet18", pooling, 16, fpn, pool_from)
     init_weights(enc, torch.Generator().manual_seed(0))
     x = torch.randn(2, 3, 64, 64)
     masks = torch.zeros(3, 64, 64)
@@ -95,3 +107,39 @@ def test_split_batchnorm_normalises_each_group_apart():
     out = net(x)
     for part in (out[:4], out[4:]):
         torch.testing.assert_close(part.mean((0, 2, 3)), torch.zeros(2), atol=1e-5, rtol=0)
+
+
+def test_stride8_pooling_reads_the_fused_map():
+    """pool_from stride8: an instance vector is the mask-weighted mean of the fused stride-8 map
+    (the probe's), not of C5; the projection head is sized for it."""
+    enc = Encoder("resnet18", "mask", 16, False, "stride8")
+    init_weights(enc, torch.Generator().manual_seed(0))
+    assert enc.strides == (8,) and enc.head[0].in_features == 128 + 256 + 512
+    x = torch.randn(1, 3, 64, 64)
+    masks = torch.zeros(1, 64, 64)
+    masks[0, 8:24, 16:40] = 1.0  # cells (1..2, 2..4) of the 8 x 8 map, whole cells only
+    regions = _regions(masks, [0])
+    maps = enc.feature_maps(x)
+    fused = fuse_stride8(enc.trunk(x)[1:])
+    torch.testing.assert_close(maps[0], fused)
+    pooled = pool_instances(maps, regions, "mask", enc.strides)
+    torch.testing.assert_close(pooled[0], fused[0, :, 1:3, 2:5].mean((1, 2)))
+
+
+def test_fpn_with_stride8_pooling_is_refused():
+    with pytest.raises(ValueError, match="pool_from must be c5 with fpn"):
+        Encoder("resnet18", "mask", 16, True, "stride8")
+
+
+def test_supervised_pretraining_starts_at_uniform_class_probabilities():
+    """The supervised model's first loss is about ln(C + 1): He init on its 1x1 classifier gave
+    logits of std ~10 and a first loss near 7, which cost the positive control half its run."""
+    from train.config import PretrainConfig, resolve_preset
+    from train.loop import build_model
+
+    cfg = PretrainConfig()
+    model = build_model(cfg, resolve_preset(cfg, "supervised"), 12, torch.device("cpu"))
+    x = torch.randn(4, 3, 64, 64)
+    seg = torch.randint(0, 13, (4, 64, 64))
+    loss, _ = model(x, seg)
+    assert abs(loss.item() - math.log(13)) < 0.1
