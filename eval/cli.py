@@ -25,7 +25,7 @@ from segloc.errors import UserError
     type=click.Choice(["semantic", "instance"]),
     default="semantic",
     show_default=True,
-    help="semantic: FCN/DeepLabV3, mIoU; instance: Mask R-CNN, COCO AP/AR (eval.instance)",
+    help="semantic: probe or fine-tune (FCN/DeepLabV3/fused), mIoU; instance: Mask R-CNN, COCO AP/AR (eval.instance)",
 )
 @click.option(
     "--init",
@@ -57,7 +57,7 @@ def main(ctx: click.Context, task, init, data, out, params, overrides, verbose) 
     """Evaluate the backbone SPEC on segmentation and score it on every test split.
 
     eval.protocol chooses how: probe (default) trains a light head on the frozen backbone's
-    stride-8 features; finetune trains the whole network (FCN/DeepLabV3)."""
+    stride-8 features; finetune trains the whole network (FCN, DeepLabV3 or fused)."""
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(name)s %(levelname)s %(message)s",

@@ -62,7 +62,8 @@ class EvalConfig:
     arch: Arch = "resnet18"  # every init must be this architecture
     # fused: a 1x1 conv on the fused stride-8 map (C3 + upsampled C4, C5), no dilation
     head: Literal["fcn", "deeplabv3", "fused"] = "fcn"
-    output_stride: Literal[8, 16, 32] = 16  # 8/16 dilate layer3+4 / layer4 instead of striding
+    # fcn / deeplabv3 only: 8/16 dilate layer3+4 / layer4 instead of striding (fused reads C3..C5)
+    output_stride: Literal[8, 16, 32] = 16
     steps: int = 40
     batch_size: int = 8  # per process; the global batch is batch_size x world size
     crop_size: int = 96  # square training crops
@@ -71,6 +72,7 @@ class EvalConfig:
     # Re-draw a crop (up to 10 times) while one class holds more than this share of its labeled
     # pixels; 1.0: off. Keeps small items in the batches (the usual 0.75 of segmentation recipes).
     cat_max_ratio: float = 0.75
+    # protocol finetune only (the probe's head has its own AdamW; instance training uses SGD)
     optimizer: Literal["sgd", "adamw"] = "sgd"  # adamw ignores momentum
     lr: float = 0.02
     momentum: float = 0.9

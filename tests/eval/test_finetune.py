@@ -237,3 +237,25 @@ def test_batched_prediction_equals_one_scan_at_a_time():
         # Equal up to float rounding of differently batched convolutions (argmax ties only).
         assert (pred == alone).float().mean() > 0.999
     assert len(torch.unique(torch.cat([p.flatten() for p in batched]))) > 1
+
+
+def test_fused_head_with_adamw_trains_with_adam_state(pidray, tmp_path, tiny, monkeypatch):
+    """eval.optimizer adamw takes effect (Adam moments in the optimizer) and the fused head runs
+    the whole protocol; the losses it logs are finite."""
+    made = []
+    real = torch.optim.AdamW
+
+    def spy(*args, **kwargs):
+        made.append(real(*args, **kwargs))
+        return made[-1]
+
+    monkeypatch.setattr(torch.optim, "AdamW", spy)
+    out = tmp_path / "fused"
+    sets = ["eval.head=fused", "eval.optimizer=adamw", "eval.lr=0.001", "eval.repeats=1"]
+    result = _run(["--init", "random", "--data", pidray, "--out", out, *_sets_args([*tiny, *sets])])
+    assert result.exit_code == 0, result.output
+    assert len(made) == 1 and all("exp_avg" in s for s in made[0].state.values())
+    assert made[0].state  # stepped
+    losses = json.loads((out / "plots" / "finetune_loss.json").read_text())
+    assert len(losses) == 3 and all(np.isfinite(r["loss"]) for r in losses)
+    assert json.loads((out / "config.json").read_text())["eval"]["head"] == "fused"

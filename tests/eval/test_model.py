@@ -56,8 +56,10 @@ def test_random_init_differs_from_loaded_and_is_seeded(tmp_path):
     assert all(torch.equal(x, y) for x, y in zip(head_a, head_b, strict=True))
 
 
-@pytest.mark.parametrize("head", ["fcn", "deeplabv3", "fused"])
-@pytest.mark.parametrize("stride", [8, 16, 32])
+@pytest.mark.parametrize(
+    ("head", "stride"),
+    [(h, s) for h in ("fcn", "deeplabv3") for s in (8, 16, 32)] + [("fused", 16)],
+)
 def test_logits_come_back_at_input_size(head, stride):
     model = build_model("resnet18", head, 4, stride, _gen()).eval()
     with torch.no_grad():
@@ -159,3 +161,8 @@ def test_fused_head_reads_the_probe_map_and_loads_an_exported_backbone(tmp_path)
     assert fused.shape[1] == 896  # resnet18: 128 + 256 + 512
     # The classifier starts small: every class near equal probability.
     assert model.classifier[0].weight.abs().max() < 0.1
+
+
+def test_fused_head_is_as_wide_as_the_fused_map_of_a_bottleneck_resnet():
+    model = build_model("resnet50", "fused", 3, 16, _gen())
+    assert model.classifier[0].in_channels == 512 + 1024 + 2048

@@ -143,3 +143,10 @@ def test_supervised_pretraining_starts_at_uniform_class_probabilities():
     seg = torch.randint(0, 13, (4, 64, 64))
     loss, _ = model(x, seg)
     assert abs(loss.item() - math.log(13)) < 0.1
+
+
+def test_stride8_projection_head_width_for_resnet50():
+    enc = Encoder("resnet50", "mask", 16, False, "stride8")
+    assert enc.head[0].in_features == 512 + 1024 + 2048
+    # Image pooling (MoCo) keeps C5 whatever pool_from says.
+    assert Encoder("resnet50", "image", 16, False, "stride8").head[0].in_features == 2048
