@@ -49,7 +49,7 @@ if [ "$CUDA" = 1 ]; then RATES=(); else RATES=(--small); fi
 "$PY" bench/gpu_rates.py "${RATES[@]}" --no-two-view --json "$OUT/gpu_rates.json"
 [ $? = 0 ] || BENCH_RC=1
 
-# 5. Two-view pretraining throughput: the real segloc step (batch x channels_last x compile)
+# 5. Two-view pretraining throughput: the real segloc step (batch sizes, plus compile)
 #    against a plain resnet step with the same per-sample work, and the 2,000 samples/s target.
 "$PY" bench/gpu_rates.py --two-view "${RATES[@]}" --json "$OUT/two_view.json"
 [ $? = 0 ] || BENCH_RC=1

@@ -15,9 +15,9 @@ content), each printed against its baseline from the same run:
   --no-two-view): two-view samples/s of the real segloc step (train.loop.build_model with mask
   pooling and one queue per class, train.step.train_step: host-to-device copy, augmentation,
   both encoders, loss, SGD) on configs/paper.yaml's pretrain settings with --arch at --tv-crop
-  px, fed one loader batch decoded from bench/train_step.py's fake shards; a grid of
-  --tv-batches x channels_last on/off (CUDA only) x torch.compile (CUDA only: the largest batch,
-  channels_last). Its baseline, the practical ceiling: a plain torchvision --arch step with the
+  px, fed one loader batch decoded from bench/train_step.py's fake shards, in the training
+  loop's own layout (channels_last on CUDA); a grid of --tv-batches, plus torch.compile at the
+  largest batch (CUDA only). Its baseline, the practical ceiling: a plain torchvision --arch step with the
   same per-sample work at the same batch size (forward + backward + SGD on B images and a
   no-grad forward on B more; bf16 autocast and channels_last on CUDA, not compiled). The best
   segloc rate is set against the issue's target of 2,000 samples/s (resnet50, 224 px, bf16, one
@@ -27,7 +27,6 @@ content), each printed against its baseline from the same run:
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
 import gc
 import importlib.util
@@ -39,7 +38,6 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from types import ModuleType
-from unittest import mock
 
 import torch
 import torch.nn.functional as F
@@ -203,17 +201,6 @@ def _first_images(batch: dict, n: int) -> dict:
     return out
 
 
-@contextlib.contextmanager
-def _view_layout(channels_last: bool):
-    """train.step hands the views to the model in channels_last on CUDA; with False they stay
-    contiguous for the measurement (the only way to switch it off without editing train.step)."""
-    if channels_last:
-        yield
-        return
-    with mock.patch.object(pretrain_step, "_channels_last", lambda inputs, device: inputs):
-        yield
-
-
 def _free(device: torch.device) -> None:
     gc.collect()
     if device.type == "cuda":
@@ -266,15 +253,13 @@ def segloc_rate(
     batch: dict,
     classes: tuple[str, ...],
     device: torch.device,
-    channels_last: bool,
     args: argparse.Namespace,
 ) -> tuple[float, dict[str, float]]:
-    """(two-view samples/s of train_step, ms per phase) at cfg.batch_size and cfg.compile."""
+    """(two-view samples/s of train_step, ms per phase) at cfg.batch_size and cfg.compile, in the
+    training loop's own memory layout (channels_last weights and views on CUDA)."""
     preset = METHODS["segloc"]
     # PIDray's 12 queues (the bank's layout); the fake shards' labels use the first few.
     model = pretrain_loop.build_model(cfg, preset, max(CLASSES, len(classes)), device)
-    if not channels_last:
-        model.to(memory_format=torch.contiguous_format)  # build_model's channels_last, undone
     opt = pretrain_loop.build_optimizer(model, cfg)
     peak = scaled_lr(cfg.lr, cfg.batch_size)
     ctx = pretrain_step.StepContext(cfg, preset, LONG_RUN, peak, device, 0, classes)
@@ -283,9 +268,8 @@ def segloc_rate(
     def step() -> None:  # ends in a host sync: train_step reads the loss
         pretrain_step.train_step(model, opt, dict(batch), next(counter), ctx)
 
-    with _view_layout(channels_last):
-        seconds = _timed(step, device, args.tv_warmup, args.tv_timed)
-        split = phase_split(model, opt, step, device, args.tv_split)
+    seconds = _timed(step, device, args.tv_warmup, args.tv_timed)
+    split = phase_split(model, opt, step, device, args.tv_split)
     return cfg.batch_size / seconds, split
 
 
@@ -330,13 +314,13 @@ def two_view_rates(args: argparse.Namespace, device: torch.device) -> dict:
         canvas = max(64, args.tv_crop + 32)  # configs/paper.yaml: 256 px canvas, 224 px crops
         shards = open_shards(helpers.fake_shards(Path(tmp) / "shards", canvas=canvas))
         (full,), _ = helpers.load_batches(replace(base, batch_size=batches[-1]), shards, 1)
-    grid = [(b, cl, False) for b in batches for cl in ((True, False) if cuda else (False,))]
+    grid = [(b, False) for b in batches]
     if cuda:
-        grid.append((batches[-1], True, True))  # compile costs a minute: the largest batch only
+        grid.append((batches[-1], True))  # compile costs a minute: the largest batch only
     plain: dict[int, float] = {}
     rows = []
-    for b, channels_last, compiled in grid:
-        row = {"batch": b, "channels_last": channels_last, "compile": compiled}
+    for b, compiled in grid:
+        row = {"batch": b, "compile": compiled}
         try:
             if b not in plain:
                 plain[b] = plain_rate(args, b, device, bf16=cuda, channels_last=cuda)
@@ -344,7 +328,7 @@ def two_view_rates(args: argparse.Namespace, device: torch.device) -> dict:
             if cuda:  # the training loop's loader pins its batches on CUDA
                 batch = {k: v.pin_memory() if torch.is_tensor(v) else v for k, v in batch.items()}
             cfg = replace(base, batch_size=b, compile=compiled)
-            rate, split = segloc_rate(cfg, batch, shards.classes, device, channels_last, args)
+            rate, split = segloc_rate(cfg, batch, shards.classes, device, args)
         except Exception as err:  # an OOM, or a compile failure, ends one row only
             if not (compiled or isinstance(err, torch.cuda.OutOfMemoryError)):
                 raise
@@ -381,22 +365,17 @@ def two_view_rates(args: argparse.Namespace, device: torch.device) -> dict:
     }
 
 
-def _layout(row: dict, cuda: bool) -> str:
-    if not cuda:
-        return "contiguous (CPU)"
-    return "channels_last" if row["channels_last"] else "contiguous"
-
-
 def report_two_view(r: dict, name: str, cuda: bool) -> None:
     print(
         f"\ntwo-view pretraining on {name}: segloc ({r['queues']} class queues, {r['queue_size']} "
         f"keys in all) against a plain {r['arch']} step, {r['crop']} px crops, {r['precision']}; "
-        f"mean of {r['timed']} timed steps after {r['warmup']} untimed\n"
+        f"{'channels_last' if cuda else 'contiguous'}; mean of {r['timed']} timed steps after "
+        f"{r['warmup']} untimed\n"
     )
-    print("| batch | layout | compile | segloc samples/s | plain samples/s | segloc / plain |")
-    print("|---:|---|---|---:|---:|---:|")
+    print("| batch | compile | segloc samples/s | plain samples/s | segloc / plain |")
+    print("|---:|---|---:|---:|---:|")
     for row in r["rows"]:
-        head = f"| {row['batch']} | {_layout(row, cuda)} | {'yes' if row['compile'] else 'no'} |"
+        head = f"| {row['batch']} | {'yes' if row['compile'] else 'no'} |"
         if "error" in row:
             print(f"{head} failed: {row['error']} | | |")
         else:
@@ -411,7 +390,7 @@ def report_two_view(r: dict, name: str, cuda: bool) -> None:
     split = best["split_ms"]
     total = sum(split.values())
     print(
-        f"\nstep of the best (batch {best['batch']}, {_layout(best, cuda)}, "
+        f"\nstep of the best (batch {best['batch']}, "
         f"{'compiled' if best['compile'] else 'eager'}): {total:.1f} ms, mean of "
         f"{r['split_steps']} synchronised steps\n"
     )

@@ -26,7 +26,7 @@ from torchvision.models.segmentation.fcn import FCN, FCNHead
 from eval.data import MEAN, STD
 from eval.inits import Init
 from segloc.backbone_card import card_normalize
-from segloc.dense import fuse_stride8
+from segloc.dense import fuse_stride8, start_small
 from segloc.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -121,10 +121,7 @@ def build_trunk(arch: str, generator: torch.Generator) -> nn.Module:
 def _init_weights(model: nn.Module, generator: torch.Generator) -> None:
     """torchvision's ResNet init for the whole model, the classifier's last layer kept small."""
     _init_resnet(model, generator)
-    # Small classifier weights start every class near equal probability (common practice in
-    # segmentation heads); He init on a 1x1 conv to a dozen outputs gives large initial logits.
-    last = [m for m in model.classifier.modules() if isinstance(m, nn.Conv2d)][-1]
-    nn.init.normal_(last.weight, std=0.01, generator=generator)
+    start_small([m for m in model.classifier.modules() if isinstance(m, nn.Conv2d)][-1], generator)
 
 
 def _init_resnet(model: nn.Module, generator: torch.Generator) -> None:

@@ -28,6 +28,7 @@ from tqdm import tqdm
 from segloc import dist
 from segloc.atomic import write_json, write_text
 from segloc.backbone_card import build_card
+from segloc.dense import start_small
 from segloc.errors import UserError
 from segloc.params import to_dict
 from segloc.schedule import scaled_lr
@@ -178,7 +179,7 @@ def build_model(
     if preset.pooling is None:
         model = SupervisedSeg(cfg.arch, num_classes)
         init_weights(model, g)
-        model.start_small(g)
+        start_small(model.classifier, g)
     else:
         encoder = Encoder(cfg.arch, preset.pooling, cfg.dim, cfg.fpn, cfg.pool_from)
         init_weights(encoder, g)

@@ -239,14 +239,6 @@ class SupervisedSeg(nn.Module):
         self.trunk = ResNetTrunk(arch)
         self.classifier = nn.Conv2d(sum(self.trunk.channels[1:]), num_classes + 1, 1)
 
-    @torch.no_grad()
-    def start_small(self, g: torch.Generator) -> None:
-        """Classifier weights N(0, 0.01), bias 0: every class starts near equal probability.
-        He init on a 1x1 conv from the ~900-channel fused map to a dozen outputs gives logits of
-        std ~10 and a first loss near 7 instead of ln(C + 1), which costs hundreds of steps."""
-        nn.init.normal_(self.classifier.weight, std=0.01, generator=g)
-        nn.init.zeros_(self.classifier.bias)
-
     def forward(
         self, x: torch.Tensor, seg: torch.Tensor
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
