@@ -1,7 +1,7 @@
 """Is the embedded default learnable? A full fine-tune from random init, all labels, on a CPU budget.
 
     make repro                                      # first: the demo data this reads (data/demo)
-    .venv/bin/python bench/learnable.py             # 1,500 steps, one repeat (~11 min, 2 cores)
+    .venv/bin/python bench/learnable.py             # 1,500 steps, one repeat (~10 min, 2 cores)
     .venv/bin/python bench/learnable.py --steps 300 --set eval.crop_size=96
 
 Runs, in this order and in this process's working directory (params.yaml's data paths):

@@ -48,7 +48,9 @@ def build_model(
         resnet = getattr(torchvision.models, arch)(weights=None)
         if head == "fused":
             layers = {"layer2": "c3", "layer3": "c4", "layer4": "c5"}
-            model = FusedSeg(IntermediateLayerGetter(resnet, layers), num_classes)
+            # C3 + C4 + C5: each ResNet layer doubles the width of the one before.
+            channels = sum(resnet.fc.in_features >> k for k in (2, 1, 0))
+            model = FusedSeg(IntermediateLayerGetter(resnet, layers), channels, num_classes)
             model.to_empty(device="cpu")
             _init_weights(model, generator)
             return model
@@ -72,10 +74,9 @@ class FusedSeg(nn.Module):
     to end. No dilation, so it costs what a plain ResNet forward costs; on a CPU it learns the
     demo's items far faster than FCN at output stride 16 (docs/2026-11-30-learnable-default.md)."""
 
-    def __init__(self, backbone: nn.Module, num_classes: int):
+    def __init__(self, backbone: nn.Module, channels: int, num_classes: int):
         super().__init__()
         self.backbone = backbone
-        channels = sum(_width(getattr(backbone, name)) for name in ("layer2", "layer3", "layer4"))
         self.classifier = nn.Sequential(nn.Conv2d(channels, num_classes, 1))
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -84,11 +85,6 @@ class FusedSeg(nn.Module):
         return {
             "out": F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
         }
-
-
-def _width(layer: nn.Module) -> int:
-    """Output channels of a ResNet layer: those of the BatchNorm ending its last block."""
-    return [m for m in layer[-1].modules() if isinstance(m, nn.BatchNorm2d)][-1].num_features
 
 
 def _dilate(resnet: nn.Module, output_stride: int) -> None:
