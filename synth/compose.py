@@ -33,7 +33,7 @@ from segloc.errors import UserError
 from synth.config import SynthConfig
 from synth.shards import View, instance_records
 from synth.sources import Backgrounds, Foregrounds, load_background
-from synth.transforms import draw_transform, stack, warp, warp_tight
+from synth.transforms import Transform, draw_transform, stack, warp, warp_tight
 
 BACKGROUND = 0
 # Index maps are uint8 (0: no instance, i + 1: instance i), so at most 254 instances per view.
@@ -218,10 +218,15 @@ class _Layout:
     boxes: list[Box]  # where each lies on the canvas (`clip`)
     transforms: list[dict]
     sources: list[dict]
+    drawn: list[Transform]  # the transform of each paste (shared_transform hands them on)
 
     def keep(self, ids: list[int]) -> _Layout:
         pick = [self.placed[i] for i in ids], [self.boxes[i] for i in ids]
-        rest = [self.transforms[i] for i in ids], [self.sources[i] for i in ids]
+        rest = (
+            [self.transforms[i] for i in ids],
+            [self.sources[i] for i in ids],
+            [self.drawn[i] for i in ids],
+        )
         return _Layout(self.background, self.image, *pick, *rest)
 
 
@@ -267,7 +272,12 @@ class Composer:
         picks = self._pick_segments(rng, count)
         # Two different scans: InsLoc's pairing teaches invariance to clutter (docs/design.md §2.4).
         scans = rng.choice(len(self.bg.names), size=2, replace=False)
-        layouts = [self._layout(rng, int(b), picks) for b in scans]
+        first = self._layout(rng, int(scans[0]), picks)
+        share = cfg.shared_transform
+        # No draw at 0 or 1, so those renders keep the stream they had before this option.
+        shared = share >= 1.0 or (share > 0.0 and rng.random() < share)
+        same = first.drawn if shared else None
+        layouts = [first, self._layout(rng, int(scans[1]), picks, same)]
         labels = [self._labels(layout) for layout in layouts]
         keep = self._survivors(layouts, labels)
         if not keep:
@@ -291,7 +301,14 @@ class Composer:
             return ids
         return [int(i) for i in rng.choice(n, size=count, replace=count > n)]
 
-    def _layout(self, rng: np.random.Generator, scan: int, picks: list[int]) -> _Layout:
+    def _layout(
+        self,
+        rng: np.random.Generator,
+        scan: int,
+        picks: list[int],
+        drawn: list[Transform] | None = None,
+    ) -> _Layout:
+        """One view: a crop of `scan` with `picks` pasted by `drawn` transforms (or new draws)."""
         size = self.cfg.canvas
         full = self._background(scan)
         top = int(rng.integers(0, full.shape[0] - size + 1))
@@ -299,8 +316,13 @@ class Composer:
         placed, transforms, segs = [], [], [self.fg.segments[i] for i in picks]
         # Only alpha mode shows pixels outside the mask: its soft edge fades outward.
         halo = self.cfg.mode == "alpha"
-        for i, seg in zip(picks, segs, strict=True):
-            t = draw_transform(rng, self.cfg, seg.mask.shape, seg.prescale)
+        used = []
+        for j, (i, seg) in enumerate(zip(picks, segs, strict=True)):
+            if drawn is None:
+                t = draw_transform(rng, self.cfg, seg.mask.shape, seg.prescale)
+            else:
+                t = drawn[j]
+            used.append(t)
             if halo:
                 pixels, mask = warp(self._stacked[i], t)
                 dx, dy, (h, w) = 0, 0, mask.shape
@@ -323,6 +345,7 @@ class Composer:
             boxes([p.mask for p in placed], [(p.x, p.y) for p in placed], size),
             transforms,
             sources,
+            used,
         )
 
     def _labels(self, layout: _Layout) -> tuple[np.ndarray, np.ndarray]:

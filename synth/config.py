@@ -29,6 +29,9 @@ class SynthConfig:
     rotate: bool = True  # any angle: X-ray items lie at any orientation
     flip: float = 0.5  # probability of a horizontal flip
     density: tuple[float, float] = (0.7, 1.4)  # transmission exponent k, log-uniform
+    # Share of samples whose two views paste each segment with the same scale, angle, flip and
+    # density (each view still has its own scan and position); the rest draw one per view.
+    shared_transform: float = 0.0
     mode: Mode = "multiply"  # Beer-Lambert superposition; alpha and hard are baselines
     edge_sigma: float = 1.0  # Gaussian sigma (px) softening the pasted mask edge
     ring: int = 4  # width (source px) of the ring outside a mask that gives its background level
@@ -51,6 +54,7 @@ class SynthConfig:
         _check_positive("ring", self.ring, 1)
         _check_positive("background_cache_mb", self.background_cache_mb, 1)
         _check_between("flip", self.flip, 0.0, 1.0)
+        _check_between("shared_transform", self.shared_transform, 0.0, 1.0)
         _check_between("max_upscale", self.max_upscale, 0.01, 1000.0)
         _check_between("min_visible_fraction", self.min_visible_fraction, 0.0, 1.0)
         _check_between("edge_sigma", self.edge_sigma, 0.0, 16.0)

@@ -404,3 +404,46 @@ def test_null_labels_load_and_render(inputs, tmp_path):
         for view in json.loads(members["json"])["views"]
     }
     assert used and "P00001.jpg" not in used  # a positive by its name, with no CSV
+
+
+def _view_transforms(out: Path) -> list[list[list[dict]]]:
+    """Per sample, per view, each instance's transform less its position on the canvas."""
+    manifest = read_manifest(out / "manifest.json")
+    samples = wds.WebDataset([str(out / s["name"]) for s in manifest["shards"]], shardshuffle=False)
+    strip = ("x", "y")
+    return [
+        [
+            [{k: v for k, v in i["transform"].items() if k not in strip} for i in view["instances"]]
+            for view in json.loads(s["json"])["views"]
+        ]
+        for s in samples
+    ]
+
+
+@pytest.mark.parametrize("share", [0.0, 0.5, 1.0])
+def test_shared_transform_pastes_a_segment_alike_in_both_views(share, tmp_path):
+    params = make_tiny_data(tmp_path / "in", synth={"shared_transform": share})
+    render.main(tmp_path / "out", params, workers=1)
+    alike = [v0 == v1 for v0, v1 in _view_transforms(tmp_path / "out")]
+    # Scale, angle, flip and density are continuous draws: two independent ones never tie.
+    expected = {0.0: {False}, 0.5: {False, True}, 1.0: {True}}[share]
+    assert set(alike) == expected
+    for sample, (_, members) in enumerate(iter_samples(tmp_path / "out" / "train-000000.tar")):
+        meta = json.loads(members["json"])
+        assert meta["views"][0]["background"] != meta["views"][1]["background"], sample
+
+
+def test_shared_transform_zero_keeps_the_bytes_of_a_render_without_it(rendered, tmp_path):
+    params = make_tiny_data(tmp_path / "in", synth={"shared_transform": 0.0})
+    render.main(tmp_path / "out", params, workers=1)
+    tars = sorted(p.name for p in rendered.glob("*.tar"))
+    assert tars and all(
+        (tmp_path / "out" / t).read_bytes() == (rendered / t).read_bytes() for t in tars
+    )
+
+
+def test_shared_transform_outside_zero_one_names_the_key(tmp_path):
+    params = make_tiny_data(tmp_path / "in", synth={"shared_transform": 1.5})
+    with pytest.raises(UserError, match=r"synth\.shared_transform.*\[0\.0, 1\.0\].*1\.5"):
+        render.main(tmp_path / "out", params, workers=1)
+    assert not (tmp_path / "out" / "manifest.json").exists()
