@@ -12,6 +12,8 @@ stay as they are (`dvc exp show` compares them; `dvc exp apply` makes it the wor
 from __future__ import annotations
 
 import json
+import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -50,7 +52,10 @@ def data_overrides(pidray: Path, sixray: Path, sixray_labels: Path | None) -> li
     for t, split in tests.items():
         items[f"data.test.{t}.annotations"] = split.annotations
         items[f"data.test.{t}.images"] = split.images
-    return [f"{k}={v}" for k, v in items.items()]
+    return [f"{k}={_value(str(v), k)}" for k, v in items.items()]
+
+
+_PLAIN = re.compile(r"[\w./-]+")
 
 
 def _require(path: Path, kind: str, what: str) -> None:
@@ -64,7 +69,8 @@ def config_overrides(config: Path, params: Path) -> list[str]:
     not hours into a run)."""
     tree = load_params(config)
     known = load_params(params)
-    return [f"{key}={_value(value)}" for key, value in _leaves(tree, known, config)]
+    leaves = _leaves(tree, known, config)
+    return [f"{key}={_value(value, f'{config}: key {key}')}" for key, value in leaves]
 
 
 def _leaves(tree: dict[str, Any], known: Any, config: Path, prefix: str = ""):
@@ -78,9 +84,25 @@ def _leaves(tree: dict[str, Any], known: Any, config: Path, prefix: str = ""):
             yield path, value
 
 
-def _value(value: Any) -> str:
-    """YAML flow text, as `dvc exp run -S` parses it (null, true, [48.0, 160.0])."""
-    return value if isinstance(value, str) else json.dumps(value)  # JSON is YAML: None -> null
+def _value(value: Any, key: str) -> str:
+    """YAML flow text, as `dvc exp run -S` parses it (null, true, [48.0, 160.0]).
+
+    A string is bare only when it is plain (letters, digits, `_ . / -`); anything else, such as an
+    arm's switches `--set pretrain.lr=0.03` or a path with a space, is quoted: bare, dvc's
+    override grammar would stop at the `=` or the space.
+    """
+    if not isinstance(value, str):
+        return json.dumps(value)  # JSON is YAML: None -> null
+    if _PLAIN.fullmatch(value):
+        return value
+    if "'" not in value:
+        return f"'{value}'"
+    if '"' not in value and "\\" not in value:
+        return f'"{value}"'
+    raise UserError(
+        f"{key}: {value!r} has a single quote together with a double quote or a backslash, "
+        "which a dvc -S override cannot carry"
+    )
 
 
 def command(overrides: list[str], target: str = "report") -> list[str]:
@@ -135,16 +157,12 @@ def main(
     overrides = data_overrides(pidray, sixray, sixray_labels) + config_overrides(config, params)
     args = command(overrides)
     if dry_run:
-        click.echo(" ".join(_quote(a) for a in args))
+        click.echo(" ".join(shlex.quote(a) for a in args))  # pastes into a shell as is
         return
     dvc = shutil.which("dvc")
     if dvc is None:
         raise UserError("dvc: not on PATH (run `make setup`, then use .venv/bin or `make paper`)")
     sys.exit(subprocess.call([dvc, *args[1:]]))
-
-
-def _quote(arg: str) -> str:
-    return f"'{arg}'" if any(c in arg for c in " []\"'") else arg
 
 
 if __name__ == "__main__":

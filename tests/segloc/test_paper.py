@@ -86,3 +86,34 @@ def test_missing_folders_and_bad_config_are_named(tmp_path):
         paper.config_overrides(bad, ROOT / "params.yaml")
     with pytest.raises(UserError, match="missing.yaml: cannot read params file"):
         paper.config_overrides(tmp_path / "missing.yaml", ROOT / "params.yaml")
+
+
+def _dvc_value(item: str):
+    """The value `dvc exp run -S item` sets: dvc reads overrides with Hydra's grammar."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    return OverridesParser.create().parse_overrides([item])[0].value()
+
+
+def test_every_override_reads_the_same_in_dvc_and_in_params(tmp_path):
+    """Switches with `=` and paths with spaces are quoted, so dvc sets what params.yaml means."""
+    overrides = paper.config_overrides(ROOT / "configs" / "paper.yaml", ROOT / "params.yaml")
+    assert "arms.supervised.switches='--set pretrain.lr=0.03'" in overrides
+    pidray, sixray = _layout(tmp_path / "a folder")
+    overrides += paper.data_overrides(pidray, sixray, None)
+    for item in overrides:
+        key = item.split("=", 1)[0]
+        params = load_params(ROOT / "params.yaml")
+        apply_override(params, item)
+        expected = params
+        for part in key.split("."):
+            expected = expected[part]
+        assert _dvc_value(item) == expected, item
+    assert f"data.foreground.images='{pidray.resolve() / 'train'}'" in overrides
+
+
+def test_a_value_dvc_cannot_carry_is_named(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(json.dumps({"arms": {"supervised": {"switches": 'it\'s "quoted"'}}}))
+    with pytest.raises(UserError, match="bad.yaml: key arms.supervised.switches: .*dvc -S"):
+        paper.config_overrides(bad, ROOT / "params.yaml")
