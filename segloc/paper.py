@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+import yaml
 
 from segloc.config import SIXRAY_LABELS, SIXRAY_SCANS, find_sixray_labels, pidray_splits
 from segloc.errors import UserError
@@ -87,13 +88,14 @@ def _leaves(tree: dict[str, Any], known: Any, config: Path, prefix: str = ""):
 def _value(value: Any, key: str) -> str:
     """YAML flow text, as `dvc exp run -S` parses it (null, true, [48.0, 160.0]).
 
-    A string is bare only when it is plain (letters, digits, `_ . / -`); anything else, such as an
-    arm's switches `--set pretrain.lr=0.03` or a path with a space, is quoted: bare, dvc's
-    override grammar would stop at the `=` or the space.
+    A string is bare only when it is plain (letters, digits, `_ . / -`) and reads back as itself;
+    anything else is quoted: an arm's switches `--set pretrain.lr=0.03` or a path with a space
+    (bare, dvc's override grammar would stop at the `=` or the space), or a string such as "true"
+    or "1e3" that would come back as another type.
     """
     if not isinstance(value, str):
         return json.dumps(value)  # JSON is YAML: None -> null
-    if _PLAIN.fullmatch(value):
+    if _PLAIN.fullmatch(value) and _reads_as_itself(value):
         return value
     if "'" not in value:
         return f"'{value}'"
@@ -103,6 +105,18 @@ def _value(value: Any, key: str) -> str:
         f"{key}: {value!r} has a single quote together with a double quote or a backslash, "
         "which a dvc -S override cannot carry"
     )
+
+
+def _reads_as_itself(text: str) -> bool:
+    """Whether a bare string stays a string both in YAML (params.yaml, --set) and in dvc's Hydra
+    grammar, which also reads 1e3, inf and nan as floats and tRuE / NuLL in any case."""
+    if yaml.safe_load(text) != text or text.lower() in ("true", "false", "null"):
+        return False
+    try:
+        float(text)
+    except ValueError:
+        return True
+    return False
 
 
 def command(overrides: list[str], target: str = "report") -> list[str]:

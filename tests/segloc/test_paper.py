@@ -112,6 +112,17 @@ def test_every_override_reads_the_same_in_dvc_and_in_params(tmp_path):
     assert f"data.foreground.images='{pidray.resolve() / 'train'}'" in overrides
 
 
+@pytest.mark.parametrize(
+    "text", ["true", "tRuE", "null", "1e3", "inf", "12", "on", "resnet50", "a b", "x=1", "it's"]
+)
+def test_a_string_reads_back_as_the_same_string(text):
+    item = f"k={paper._value(text, 'k')}"
+    assert _dvc_value(item) == text
+    params = {"k": None}
+    apply_override(params, item)
+    assert params["k"] == text
+
+
 def test_a_value_dvc_cannot_carry_is_named(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text(json.dumps({"arms": {"supervised": {"switches": 'it\'s "quoted"'}}}))
