@@ -27,6 +27,8 @@ from segloc.config import SIXRAY_LABELS, SIXRAY_SCANS, find_sixray_labels, pidra
 from segloc.errors import UserError
 from segloc.params import load_params
 
+_PLAIN = re.compile(r"[\w./-]+")  # a string dvc's -S grammar may read bare (see _value)
+
 
 def data_overrides(pidray: Path, sixray: Path, sixray_labels: Path | None) -> list[str]:
     """`data.*` overrides for PIDray / SIXray folders in their published layouts."""
@@ -54,9 +56,6 @@ def data_overrides(pidray: Path, sixray: Path, sixray_labels: Path | None) -> li
         items[f"data.test.{t}.annotations"] = split.annotations
         items[f"data.test.{t}.images"] = split.images
     return [f"{k}={_value(str(v), k)}" for k, v in items.items()]
-
-
-_PLAIN = re.compile(r"[\w./-]+")
 
 
 def _require(path: Path, kind: str, what: str) -> None:

@@ -32,7 +32,7 @@ import numpy as np
 from segloc.errors import UserError
 from synth.config import SynthConfig
 from synth.shards import View, instance_records
-from synth.sources import Backgrounds, Foregrounds, load_background
+from synth.sources import Backgrounds, Foregrounds, Segment, load_background
 from synth.transforms import Transform, draw_transform, stack, warp, warp_tight
 
 BACKGROUND = 0
@@ -211,23 +211,30 @@ def soften(mask: np.ndarray, sigma: float) -> np.ndarray:
 
 
 @dataclass(frozen=True)
+class _Paste:
+    segment: Segment  # what was pasted
+    transform: Transform  # how (shared_transform hands it to the other view)
+    x: int  # where the warped crop's box was put on the canvas, before tightening
+    y: int
+
+    def record(self) -> dict:
+        """The instance's `transform` record; scale as seen from the source scan, whatever size
+        the segment is stored at."""
+        t, prescale = self.transform, self.segment.prescale
+        return {**t.as_dict(), "scale": round(t.scale * prescale, 6), "x": self.x, "y": self.y}
+
+
+@dataclass(frozen=True)
 class _Layout:
     background: str  # file name of the scan under this view
     image: np.ndarray  # SxSx3 uint8 crop of it
     placed: list[Placed]  # one per picked segment, paste order
     boxes: list[Box]  # where each lies on the canvas (`clip`)
-    transforms: list[dict]
-    sources: list[dict]
-    drawn: list[Transform]  # the transform of each paste (shared_transform hands them on)
+    pastes: list[_Paste]
 
     def keep(self, ids: list[int]) -> _Layout:
-        pick = [self.placed[i] for i in ids], [self.boxes[i] for i in ids]
-        rest = (
-            [self.transforms[i] for i in ids],
-            [self.sources[i] for i in ids],
-            [self.drawn[i] for i in ids],
-        )
-        return _Layout(self.background, self.image, *pick, *rest)
+        pick = [[items[i] for i in ids] for items in (self.placed, self.boxes, self.pastes)]
+        return _Layout(self.background, self.image, *pick)
 
 
 class Composer:
@@ -276,7 +283,7 @@ class Composer:
         share = cfg.shared_transform
         # No draw at 0 or 1, so those renders keep the stream they had before this option.
         shared = share >= 1.0 or (share > 0.0 and rng.random() < share)
-        same = first.drawn if shared else None
+        same = [p.transform for p in first.pastes] if shared else None
         layouts = [first, self._layout(rng, int(scans[1]), picks, same)]
         labels = [self._labels(layout) for layout in layouts]
         keep = self._survivors(layouts, labels)
@@ -313,16 +320,15 @@ class Composer:
         full = self._background(scan)
         top = int(rng.integers(0, full.shape[0] - size + 1))
         left = int(rng.integers(0, full.shape[1] - size + 1))
-        placed, transforms, segs = [], [], [self.fg.segments[i] for i in picks]
+        placed, pastes = [], []
         # Only alpha mode shows pixels outside the mask: its soft edge fades outward.
         halo = self.cfg.mode == "alpha"
-        used = []
-        for j, (i, seg) in enumerate(zip(picks, segs, strict=True)):
+        for j, i in enumerate(picks):
+            seg = self.fg.segments[i]
             if drawn is None:
                 t = draw_transform(rng, self.cfg, seg.mask.shape, seg.prescale)
             else:
                 t = drawn[j]
-            used.append(t)
             if halo:
                 pixels, mask = warp(self._stacked[i], t)
                 dx, dy, (h, w) = 0, 0, mask.shape
@@ -333,19 +339,13 @@ class Composer:
             x = min(0, size - w) + int(u[0] * (abs(size - w) + 1))
             y = min(0, size - h) + int(u[1] * (abs(size - h) + 1))
             placed.append(Placed(pixels, mask, self._log_t[i], seg.cls, t.density, x + dx, y + dy))
-            # Scale as seen from the source scan, whatever size the segment is stored at.
-            transforms.append(
-                {**t.as_dict(), "scale": round(t.scale * seg.prescale, 6), "x": x, "y": y}
-            )
-        sources = [{"image_id": s.image_id, "annotation_id": s.annotation_id} for s in segs]
+            pastes.append(_Paste(seg, t, x, y))
         return _Layout(
             self.bg.names[scan],
             full[top : top + size, left : left + size],
             placed,
             boxes([p.mask for p in placed], [(p.x, p.y) for p in placed], size),
-            transforms,
-            sources,
-            used,
+            pastes,
         )
 
     def _labels(self, layout: _Layout) -> tuple[np.ndarray, np.ndarray]:
@@ -370,7 +370,12 @@ class Composer:
         placed, cfg = layout.placed, self.cfg
         masks = full_masks([p.mask for p in placed], layout.boxes, cfg.canvas)
         ids = [p.cls for p in placed]
-        instances = instance_records(ids, masks, visible, layout.sources, layout.transforms)
+        sources = [
+            {"image_id": p.segment.image_id, "annotation_id": p.segment.annotation_id}
+            for p in layout.pastes
+        ]
+        transforms = [p.record() for p in layout.pastes]
+        instances = instance_records(ids, masks, visible, sources, transforms)
         image = composite(layout.image, placed, cfg.mode, cfg.edge_sigma, layout.boxes)
         return View(layout.background, image, class_map(index, ids), instances)
 
