@@ -101,9 +101,9 @@ def test_every_override_reads_the_same_in_dvc_and_in_params(tmp_path):
     assert "arms.supervised.switches='--set pretrain.lr=0.03'" in overrides
     pidray, sixray = _layout(tmp_path / "a folder")
     overrides += paper.data_overrides(pidray, sixray, None)
+    params = load_params(ROOT / "params.yaml")  # each item is checked right after it is applied
     for item in overrides:
         key = item.split("=", 1)[0]
-        params = load_params(ROOT / "params.yaml")
         apply_override(params, item)
         expected = params
         for part in key.split("."):
