@@ -47,7 +47,7 @@ class ProbeConfig:
 
     epochs: int = 40  # passes over the labeled train images
     batch_size: int = 16  # images per step
-    lr: float = 0.01  # AdamW, cosine-decayed to 0
+    lr: float = 0.03  # AdamW, cosine-decayed to 0 (0.01 left SSL features under-trained)
     weight_decay: float = 1e-4
     hidden: int = 0  # 0: a linear (1x1 conv) head; > 0: 1x1 conv, BN, ReLU, 1x1 conv
 
