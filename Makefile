@@ -9,18 +9,37 @@ STAMP  := $(VENV)/.installed
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: setup repro paper gpu test test-all lint format bench clean
+.PHONY: setup lock repro compare paper gpu test test-slow lint format bench clean
 
 setup: $(STAMP)
 
-# Re-installs only when pyproject.toml changes; torch/torchvision come from the pinned wheels.
-$(STAMP): pyproject.toml
+# Installs exactly requirements.lock (every package, transitive, with hashes; torch/torchvision
+# are the pinned builds the machines carry), then the project itself without resolving anything.
+# Re-installs when the lock or pyproject.toml changes.
+$(STAMP): requirements.lock pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
-	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]'
+	$(PY) -m pip install -q --disable-pip-version-check --require-hashes -r requirements.lock
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
 	touch $(STAMP)
+
+# Refresh the lock on purpose: every package to its newest release that pyproject.toml allows.
+# Render-affecting versions move the shards' bytes: re-run `make repro` and commit dvc.lock too.
+PIPTOOLS := pip-tools==7.7.0
+lock:
+	test -x .lock-venv/bin/pip-compile || \
+		{ python3 -m venv .lock-venv && .lock-venv/bin/pip install -q "$(PIPTOOLS)"; }
+	.lock-venv/bin/pip-compile -q --upgrade --extra dev --generate-hashes --allow-unsafe \
+		--strip-extras --no-emit-index-url --no-emit-find-links --build-deps-for editable \
+		-o requirements.lock pyproject.toml
 
 repro: setup
 	dvc repro
+
+# The paper's comparison with pretraining-seed error bars (params.yaml `compare`; ~75 min on 2
+# cores): reports/compare.json and compare.md. `make compare ARGS=--resume` keeps finished runs.
+compare: setup
+	dvc repro render
+	$(PY) -m eval.compare $(ARGS)
 
 # Real PIDray / SIXray at paper scale (resnet50, 25 epochs; a GPU in practice), as a DVC experiment:
 #   make paper PIDRAY=/datasets/pidray SIXRAY=/datasets/sixray
@@ -34,9 +53,13 @@ paper: setup
 gpu:
 	OUT=gpu_out bench/gpu_profile.sh
 
-# The suite CI runs: everything except GPU tests (skipped by themselves without CUDA).
+# The quick suite: everything but the tests marked slow (GPU tests skip themselves without CUDA).
 test: setup
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -m "not slow"
+
+# The slow tests (whole small pipelines, DDP, the render check against dvc.lock). CI runs both.
+test-slow: setup
+	$(PY) -m pytest -q -m slow
 
 lint: setup
 	$(VENV)/bin/ruff check .

@@ -8,7 +8,7 @@ written by `pretrain` and read by `evaluate`; no torch needed to read it.
 
 Fields: format, arch, method, label (the report's row name), steps, config (the resolved
 `pretrain` section), shards {manifest, sha256}, classes, input {size, normalize {mean, std},
-scale}, sha256 (of backbone.pt). Readers take every field as optional: cards written by hand
+scale}, versions (the libraries that made it, `segloc.provenance`), sha256 (of backbone.pt). Readers take every field as optional: cards written by hand
 (tests, imported weights) often hold only arch and method.
 """
 
@@ -22,6 +22,7 @@ from typing import Any
 
 from segloc.atomic import write_json
 from segloc.errors import UserError
+from segloc.provenance import check_versions, versions
 
 WEIGHTS = "backbone.pt"
 FORMAT = "torchvision resnet state_dict without fc"
@@ -54,6 +55,7 @@ def build_card(
             "normalize": {"mean": list(mean), "std": list(std)},
             "scale": "RGB in [0, 1] before normalize",
         },
+        "versions": versions(),
     }
 
 
@@ -82,6 +84,7 @@ def read_card(weights: Path) -> dict[str, Any]:
     for key in ("arch", "method", "label"):
         if key in card and not isinstance(card[key], str):
             raise UserError(f"{path}: '{key}' must be a string, got {card[key]!r}")
+    check_versions(card.get("versions"), str(path))
     return card
 
 

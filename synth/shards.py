@@ -28,6 +28,7 @@ from pycocotools import mask as mask_utils
 
 from segloc.atomic import atomic_path, write_json
 from segloc.errors import UserError
+from segloc.provenance import RENDER, check_versions, versions
 
 SCHEMA_VERSION = 1
 SPLIT = "train"
@@ -295,6 +296,7 @@ def build_manifest(
         "shards": shards,
         "instances_per_class": per_class,
         "skipped_inputs": skipped_inputs,
+        "versions": versions(RENDER),  # what shaped the bytes (segloc.provenance)
     }
 
 
@@ -319,6 +321,7 @@ def read_manifest(path: Path) -> dict[str, Any]:
             f"schema {SCHEMA_VERSION}); re-render the shards with this version of `synth render`"
         )
     _check_manifest_fields(path, manifest)
+    check_versions(manifest.get("versions"), str(path))
     return manifest
 
 
