@@ -208,10 +208,10 @@ def time_workers(job: render.Job, workers: int, out: Path, loading: float) -> fl
         start = time.perf_counter()
         render.render_shards(job, todo, 1, lambda n: None)
         return time.perf_counter() - start
-    with render.helpers(workers - 1) as team:
+    with render.helper_pool(workers - 1) as pool:
         time.sleep(loading)
         start = time.perf_counter()
-        render.render_shards(job, todo, workers, lambda n: None, team)
+        render.render_shards(job, todo, workers, lambda n: None, pool)
         return time.perf_counter() - start
 
 
@@ -220,12 +220,10 @@ def time_startup(job: render.Job) -> tuple[float, float]:
     the renderer, which `synth render` overlaps with loading its inputs; from being handed the
     job to having loaded it and built its composer, which delays its first shard)."""
     start = time.perf_counter()
-    with render.helpers(1) as team:
-        team.wait_ready()
+    with render.helper_pool(1) as pool:
+        pool.executor.submit(int).result()  # a no-op: done once the helper has started up
         ready = time.perf_counter()
-        team.start(job, [])  # no shards: it reports done as soon as its composer is built
-        while not team.finished:
-            team.poll(lambda n: None, timeout=0.01)
+        pool.executor.submit(render._load_job, pool.write_job(job)).result()
         return ready - start, time.perf_counter() - ready
 
 

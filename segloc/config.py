@@ -42,25 +42,44 @@ class BackgroundConfig:
     include_positives: bool = False  # SIXray positives hold unlabeled threat items: off by default
 
 
+DEMO = "data/demo"  # where the `demo` stage writes the embedded default's stand-ins
+
+
+def _demo_split(name: str, annotations: str) -> CocoSplit:
+    return CocoSplit(f"{DEMO}/pidray/{name}", f"{DEMO}/pidray/annotations/{annotations}")
+
+
 @dataclass(frozen=True)
 class DataConfig:
-    foreground: CocoSplit  # labeled train split: segments to paste, and fine-tuning labels
-    background: BackgroundConfig
-    test: dict[str, CocoSplit] = field(default_factory=dict)  # never used before final scoring
+    """Defaults: the embedded default's stand-ins, as params.yaml names them."""
+
+    # labeled train split: segments to paste, and fine-tuning labels
+    foreground: CocoSplit = _demo_split("train", "xray_train.json")
+    background: BackgroundConfig = BackgroundConfig(
+        f"{DEMO}/sixray/JPEGImage", f"{DEMO}/sixray/ImageSet/train.csv"
+    )
+    # never used before final scoring
+    test: dict[str, CocoSplit] = field(
+        default_factory=lambda: {n: _demo_split(n, f"xray_test_{n}.json") for n in PIDRAY_TESTS}
+    )
     demo: DemoConfig = DemoConfig()
     label_fraction: float = 1.0  # share of labeled train images that synthesis and fine-tuning see
     split_seed: int = 0
 
 
 def load_data_config(params: dict[str, Any]) -> DataConfig:
-    data = from_dict(DataConfig, params.get("data"), "data")
+    section = params.get("data")
+    data = from_dict(DataConfig, {} if section is None else section, "data")
     for name, split in data.test.items():
         if split.annotations is None:
             raise UserError(f"params data.test.{name}.annotations: missing (a COCO JSON)")
-    return data if data.foreground.annotations is not None else _pidray_root(data)
+    if data.foreground.annotations is not None:
+        return data
+    # A PIDray root stands for its test splits too, unless the params name their own.
+    return _pidray_root(data, keep_test=section is not None and "test" in section)
 
 
-def _pidray_root(data: DataConfig) -> DataConfig:
+def _pidray_root(data: DataConfig, keep_test: bool) -> DataConfig:
     root = Path(data.foreground.images)
     train, tests = pidray_splits(root)
     if not Path(train.annotations).is_file():
@@ -68,7 +87,7 @@ def _pidray_root(data: DataConfig) -> DataConfig:
             f"params data.foreground.annotations: missing, and data.foreground.images {root} is "
             f"not a PIDray root ({train.annotations} not found)"
         )
-    return replace(data, foreground=train, test=data.test or tests)
+    return replace(data, foreground=train, test=data.test if keep_test else tests)
 
 
 def pidray_splits(root: str | Path) -> tuple[CocoSplit, dict[str, CocoSplit]]:

@@ -20,6 +20,8 @@ import yaml
 
 from segloc.errors import UserError
 
+DEFAULT_PARAMS = Path("params.yaml")
+
 
 def load_params(path: str | Path, overrides: Iterable[str] = ()) -> dict[str, Any]:
     """Read a YAML params file and apply `KEY=VALUE` overrides (values parsed as YAML)."""
@@ -39,6 +41,45 @@ def load_params(path: str | Path, overrides: Iterable[str] = ()) -> dict[str, An
     for item in overrides:
         apply_override(params, item)
     return params
+
+
+# Sections whose keys go together: given in a params file, they are taken as they are, never
+# completed key by key from the defaults (a PIDray root given as data.foreground.images must not
+# borrow the demo's annotation paths).
+TAKEN_WHOLE = frozenset({"data"})
+
+
+def load_run_params(
+    path: str | Path | None, overrides: Iterable[str], defaults: Mapping[str, Any]
+) -> dict[str, Any]:
+    """What a CLI runs with: `path` (None: ./params.yaml if there is one, else nothing), each
+    section of `defaults` (name -> config dataclass) filled in from its code defaults key by key
+    (a missing section entirely; `data` only then, see TAKEN_WHOLE),
+    then the `KEY=VALUE` overrides. So a run without a params file gets the shipped recipe (the
+    dataclass defaults equal params.yaml: tests/segloc/test_defaults.py), and `--set` reaches
+    every key; unknown keys in the file still fail when the config is built."""
+    if path is None and not DEFAULT_PARAMS.is_file():
+        params: dict[str, Any] = {}
+    else:
+        params = load_params(path or DEFAULT_PARAMS)
+    for name, cls in defaults.items():
+        section = params.get(name)
+        if section is None:
+            params[name] = to_dict(cls())
+        elif isinstance(section, dict) and name not in TAKEN_WHOLE:  # else from_dict says so
+            params[name] = _merge(to_dict(cls()), section)
+    for item in overrides:
+        apply_override(params, item)
+    return params
+
+
+def _merge(base: dict, top: Mapping) -> dict:
+    """`top` over `base`, sub-sections merged key by key."""
+    out = dict(base)
+    for key, value in top.items():
+        both = isinstance(value, Mapping) and isinstance(base.get(key), dict)
+        out[key] = _merge(base[key], value) if both else value
+    return out
 
 
 def apply_override(params: dict[str, Any], item: str) -> None:

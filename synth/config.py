@@ -19,19 +19,19 @@ Mode = Literal["multiply", "alpha", "hard"]
 @dataclass(frozen=True)
 class SynthConfig:
     seed: int = 0
-    canvas: int = 160  # square side of both views
+    canvas: int = 80  # square side of both views
     num_shards: int = 16
     samples_per_shard: int = 128
-    segments_per_sample: tuple[int, int] = (1, 3)  # inclusive range, drawn per sample
+    segments_per_sample: tuple[int, int] = (1, 2)  # inclusive range, drawn per sample
     class_balanced: bool = True  # pick a class uniformly, then one of its segments
-    scale: tuple[float, float] = (32.0, 96.0)  # long side of a pasted segment, px (aspect kept)
+    scale: tuple[float, float] = (24.0, 64.0)  # long side of a pasted segment, px (aspect kept)
     max_upscale: float = 2.0  # cap on the long side: this many times its size in the source scan
     rotate: bool = True  # any angle: X-ray items lie at any orientation
     flip: float = 0.5  # probability of a horizontal flip
     density: tuple[float, float] = (0.7, 1.4)  # transmission exponent k, log-uniform
     # Share of samples whose two views paste each segment with the same scale, angle, flip and
     # density (each view still has its own scan and position); the rest draw one per view.
-    shared_transform: float = 0.0
+    shared_transform: float = 0.5
     mode: Mode = "multiply"  # Beer-Lambert superposition; alpha and hard are baselines
     edge_sigma: float = 1.0  # Gaussian sigma (px) softening the pasted mask edge
     ring: int = 4  # width (source px) of the ring outside a mask that gives its background level

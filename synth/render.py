@@ -25,13 +25,14 @@ import pickle
 import queue
 import re
 import tempfile
-import time
+import threading
 import traceback
 from collections import Counter
 from collections.abc import Callable, Iterator
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
-from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +43,7 @@ import numpy as np
 from segloc.atomic import TMP_PREFIX, write_json
 from segloc.config import DataConfig, load_data_config
 from segloc.errors import UserError
-from segloc.params import from_dict, load_params, to_dict
+from segloc.params import from_dict, load_run_params, to_dict
 from synth.compose import Composer
 from synth.config import SynthConfig
 from synth.shards import (
@@ -86,7 +87,7 @@ class Job:
 
 def main(
     out: str | Path,
-    params_path: str | Path = "params.yaml",
+    params_path: str | Path | None = None,
     overrides: tuple[str, ...] = (),
     num_shards: int | None = None,
     samples_per_shard: int | None = None,
@@ -95,14 +96,14 @@ def main(
     skip_bad_inputs: bool = False,
 ) -> Path:
     """Render the shards of `shard_range` (default: all) into `out`; returns the manifest path."""
-    params = load_params(params_path, overrides)
+    params = load_run_params(params_path, overrides, {"data": DataConfig, "synth": SynthConfig})
     data = load_data_config(params)
     cfg = resolve_config(params, num_shards, samples_per_shard, skip_bad_inputs)
     start, stop = parse_range(shard_range, cfg.num_shards)
     # Helpers start now, so that their start-up (a fresh interpreter importing OpenCV and numpy,
     # ~0.4 s) runs while this process loads the inputs; more than the range's shards would idle.
     count = min(workers, stop - start) - 1
-    with helpers(count) if count > 0 else nullcontext() as team:
+    with helper_pool(count) if count > 0 else nullcontext() as pool:
         fg, bg = load_inputs(data, cfg)
         job = Job(cfg, data, fg, bg, Path(out), fingerprint(_identity(cfg, data, fg, bg)))
         todo = plan(job, start, stop)
@@ -110,7 +111,7 @@ def main(
             # A manifest from an earlier render must not vouch for shards about to change.
             (job.out / MANIFEST).unlink(missing_ok=True)
             remove_partial(job.out, todo)
-            run(job, todo, workers, team)
+            run(job, todo, workers, pool)
     return write_manifests(job, start, stop)
 
 
@@ -213,12 +214,12 @@ def remove_partial(out: Path, shards: list[int]) -> None:
             tmp.unlink(missing_ok=True)
 
 
-def run(job: Job, todo: list[int], workers: int, team: Helpers | None = None) -> None:
+def run(job: Job, todo: list[int], workers: int, pool: HelperPool | None = None) -> None:
     from tqdm import tqdm  # here, not at the top: render helpers import this module, draw no bar
 
     total = len(todo) * job.cfg.samples_per_shard
     with tqdm(total=total, unit="sample", desc="render", smoothing=0.05) as bar:
-        render_shards(job, todo, workers, bar.update, team)
+        render_shards(job, todo, workers, bar.update, pool)
 
 
 def render_shards(
@@ -226,36 +227,23 @@ def render_shards(
     todo: list[int],
     workers: int,
     progress: Callable[[int], object],
-    team: Helpers | None = None,
+    pool: HelperPool | None = None,
 ) -> None:
     """Render the shards `todo` in `workers` processes, this one included, or in this process
-    and `team`'s helpers if it is given (already started by `helpers`; `workers` is then unused).
-
-    Every process claims the next shard when it finishes one, so a helper still starting up
-    delays its own first shard, not the render. A helper's error is raised here; so is its death
-    (say, killed for memory), instead of a hang.
+    and `pool`'s helpers if it is given (already started by `helper_pool`; `workers` is then
+    unused). A helper's error is raised here; so is its death (say, killed for memory), instead
+    of a hang.
     """
     cv2.setNumThreads(1)  # parallelism comes from processes; threads would oversubscribe
     count = min(workers, len(todo)) - 1
-    if team is None and count > 0:
-        with helpers(count) as team:
-            return render_shards(job, todo, workers, progress, team)
-    if team is not None:
-        team.start(job, todo)
-    composer = Composer(job.cfg, job.fg, job.bg)  # while any helpers load the job
-    if team is None:
-        for k in todo:
-            render_shard(composer, job, k, progress)
-        return
-
-    def relay(n: int) -> None:
-        progress(n)
-        team.poll(progress, timeout=0.0)
-
-    while (i := team.claim()) is not None:
-        render_shard(composer, job, todo[i], relay)
-    while not team.finished:
-        team.poll(progress, timeout=0.2)
+    if pool is None and count > 0:
+        with helper_pool(count) as pool:
+            return render_shards(job, todo, workers, progress, pool)
+    if pool is not None:
+        return pool.render(job, todo, progress)
+    composer = Composer(job.cfg, job.fg, job.bg)
+    for k in todo:
+        render_shard(composer, job, k, progress)
 
 
 def render_shard(
@@ -301,160 +289,180 @@ def _cpus() -> int:
     return os.cpu_count() or 1
 
 
-_READY = "ready"  # a helper's first message: started, modules imported, waiting for the job
-_DONE = "done"  # a helper's last message when it found no shard left to claim
-
-
-@dataclass(frozen=True)
-class _Failure:
-    """A helper's error, sent to this process to be raised there."""
-
-    error: BaseException | None  # the error itself if it pickles
-    text: str  # its traceback
-
-
-def _helper(jobs: mp.Queue, events: mp.Queue, counter: Any) -> None:
-    """A helper process: send `_READY`, wait for the job, then render shards until none is left
-    to claim, sending progress counts, then `_DONE` or a `_Failure`."""
-    try:
-        cv2.setNumThreads(1)  # parallelism comes from processes; threads would oversubscribe
-        events.put(_READY)
-        with open(_await_job(jobs), "rb") as f:
-            job, todo = pickle.load(f)
-        composer = Composer(job.cfg, job.fg, job.bg)
-        while (i := _claim(counter, len(todo))) is not None:
-            render_shard(composer, job, todo[i], events.put)
-    except BaseException as err:  # noqa: BLE001 - every failure goes back to the main process
-        text = traceback.format_exc()
-        try:
-            pickle.dumps(err)
-        except Exception:  # noqa: BLE001 - an error that cannot travel goes as text alone
-            err = None
-        events.put(_Failure(err, text))
-        raise SystemExit(1) from None
-    events.put(_DONE)
-
-
-def _await_job(jobs: mp.Queue) -> str:
-    """The job file's path, once the main process sends it; exit if that process is gone (killed
-    while loading its inputs, say), rather than wait for ever."""
-    parent = mp.parent_process()
-    while True:
-        try:
-            return jobs.get(timeout=1.0)
-        except queue.Empty:
-            if parent is not None and not parent.is_alive():
-                raise SystemExit(1) from None
-
-
-def _claim(counter: Any, total: int) -> int | None:
-    """The next unclaimed position in the shard list, shared by every process; None when done."""
-    with counter.get_lock():
-        i = counter.value
-        if i >= total:
-            return None
-        counter.value = i + 1
-        return i
+class _Stopped(Exception):
+    """Raised in a helper told to stop: its unfinished shard is removed, never looks complete."""
 
 
 @dataclass
-class Helpers:
-    """Helper processes (see `helpers`): started, then given a job and a shard list by `start`;
-    each renders the shards of the list it claims."""
+class _HelperState:
+    """What a helper process holds: its channels, set by `_start_helper`, then its job."""
 
-    processes: list[BaseProcess]
-    jobs: mp.Queue  # the job file's path, once per helper
-    events: mp.Queue  # `_READY`, progress counts, then `_DONE` or a `_Failure`, from every helper
-    counter: Any  # next unclaimed position in the shard list, shared
-    folder: str  # for the job file
-    total: int | None = None  # length of the shard list, once started
-    ready: int = 0
-    done: int = 0
+    progress: Any = None  # queue of sample counts to the main process
+    stop: Any = None  # event: set when the main process gives up the render
+    job_path: str | None = None
+    job: Job | None = None
+    composer: Composer | None = None
 
-    def start(self, job: Job, todo: list[int]) -> None:
-        """Hand every helper the job (by file: ~20 MB of segment pixels on the demo, which a
-        queue would push through a pipe to one helper after another)."""
-        if self.total is not None:
-            raise RuntimeError("helpers already started")
-        path = os.path.join(self.folder, "job.pickle")
-        with open(path, "wb") as f:
-            pickle.dump((job, todo), f, protocol=pickle.HIGHEST_PROTOCOL)
-        self.total = len(todo)
-        for _ in self.processes:
-            self.jobs.put(path)
 
-    def claim(self) -> int | None:
-        """For this process: the next unclaimed position in the shard list, or None."""
-        if self.total is None:
-            raise RuntimeError("helpers not started")
-        return _claim(self.counter, self.total)
+_HELPER = _HelperState()  # set in helper processes only
 
-    @property
-    def finished(self) -> bool:
-        return self.done == len(self.processes)
 
-    def wait_ready(self, timeout: float = 60.0) -> None:
-        """Block until every helper has started up (imported its modules)."""
-        deadline = time.monotonic() + timeout
-        while self.ready < len(self.processes):
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"render helpers not ready after {timeout:.0f} s")
-            self.poll(lambda n: None, timeout=0.05)
+def _start_helper(progress: Any, stop: Any) -> None:
+    """A helper's initializer: one OpenCV thread (processes give the parallelism), the channels
+    to the main process, and a watch on that process."""
+    cv2.setNumThreads(1)
+    # Counts left unread when a render fails must not keep this process from exiting.
+    progress.cancel_join_thread()
+    _HELPER.progress, _HELPER.stop = progress, stop
+    threading.Thread(target=_exit_with_parent, daemon=True).start()
 
-    def poll(self, progress: Callable[[int], object], timeout: float) -> None:
-        """Relay the helpers' progress (waiting up to `timeout` s for the first message); raise a
-        helper's error, or a `UserError` if one died without saying why."""
-        self._drain(progress, timeout)
-        dead = [p for p in self.processes if p.exitcode not in (None, 0)]
-        if dead:
-            self._drain(progress, 0.0)  # a helper's messages are all sent before it exits
-            raise UserError(
-                f"a render helper (pid {dead[0].pid}) died with exit code {dead[0].exitcode} "
-                "(killed for lack of memory?); finished shards are kept: re-run to render the "
-                "rest, with fewer --workers if memory is short"
-            )
 
-    def _drain(self, progress: Callable[[int], object], timeout: float) -> None:
-        try:
-            event = self.events.get(timeout=timeout) if timeout else self.events.get_nowait()
-            while True:
-                if isinstance(event, _Failure):
-                    if event.error is not None:
-                        raise event.error
-                    raise RuntimeError(f"a render helper failed:\n{event.text}")
-                if event == _READY:
-                    self.ready += 1
-                elif event == _DONE:
-                    self.done += 1
+def _exit_with_parent() -> None:
+    """End this helper once the main process is gone (killed, say), instead of leaving it waiting
+    for a task for ever. A shard it was writing stays a temporary, which the next render removes."""
+    parent = mp.parent_process()
+    if parent is not None:
+        parent.join()
+        os._exit(1)
+
+
+def _load_job(job_path: str) -> None:
+    """A helper's task: load the job pickled at `job_path` and build its composer, once."""
+    if _HELPER.job_path != job_path:
+        with open(job_path, "rb") as f:
+            job = pickle.load(f)
+        _HELPER.job, _HELPER.composer = job, Composer(job.cfg, job.fg, job.bg)
+        _HELPER.job_path = job_path
+
+
+def _render_task(job_path: str, shard: int) -> None:
+    """A helper's task: one shard of the job at `job_path`, unless the render was given up."""
+    if _HELPER.stop.is_set():
+        return
+    try:
+        _load_job(job_path)
+        render_shard(_HELPER.composer, _HELPER.job, shard, _report)
+    except Exception as err:
+        if not _travels(err):  # the executor would lose it, or call the pool broken
+            raise RuntimeError(f"a render helper failed:\n{traceback.format_exc()}") from None
+        raise
+
+
+def _travels(err: BaseException) -> bool:
+    """Whether an error survives the trip to the main process (pickled here, rebuilt there)."""
+    try:
+        pickle.loads(pickle.dumps(err))
+    except Exception:  # noqa: BLE001 - any failure means it cannot travel
+        return False
+    return True
+
+
+def _report(count: int) -> None:
+    """A helper's progress: counts go to the main process; once it gives up, the shard stops."""
+    if _HELPER.stop.is_set():
+        raise _Stopped
+    _HELPER.progress.put(count)
+
+
+@dataclass
+class HelperPool:
+    """Helper processes rendering shards beside this one (see `helper_pool`)."""
+
+    executor: ProcessPoolExecutor  # one task per shard
+    size: int  # helper processes
+    progress: Any  # queue: sample counts from every helper
+    folder: str  # for job files
+
+    def render(self, job: Job, todo: list[int], progress: Callable[[int], object]) -> None:
+        """Render the shards `todo` in this process and the helpers, each taking the next shard
+        when it is free (a helper still starting up delays its own shard, not the render);
+        relay the helpers' sample counts to `progress`."""
+        path = self.write_job(job)
+        shards, running = iter(todo), set()
+        given = relayed = 0
+
+        def dispatch() -> None:
+            """Raise a helper's error; hand every free helper the next shard; relay counts."""
+            nonlocal given, relayed
+            with _helper_death_is_an_error():
+                for future in [f for f in running if f.done()]:
+                    running.discard(future)
+                    future.result()
+                while len(running) < self.size and (k := next(shards, None)) is not None:
+                    running.add(self.executor.submit(_render_task, path, k))
+                    given += 1
+            relayed += self._relay(progress)
+
+        def relay(n: int) -> None:
+            progress(n)
+            dispatch()
+
+        dispatch()
+        composer = Composer(job.cfg, job.fg, job.bg)  # while the helpers load the job
+        while (k := next(shards, None)) is not None:
+            render_shard(composer, job, k, relay)
+        while running:
+            wait(running, timeout=0.2, return_when=FIRST_COMPLETED)
+            dispatch()
+        # Counts travel apart from results: the last ones may still be on their way.
+        self._relay(progress, given * job.cfg.samples_per_shard - relayed)
+
+    def write_job(self, job: Job) -> str:
+        """The job, by file: ~20 MB of segment pixels on the demo, which the executor would push
+        through its pipe with every task."""
+        fd, path = tempfile.mkstemp(suffix=".pickle", dir=self.folder)
+        with os.fdopen(fd, "wb") as f:
+            pickle.dump(job, f, protocol=pickle.HIGHEST_PROTOCOL)
+        return path
+
+    def _relay(self, progress: Callable[[int], object], wait_for: int = 0) -> int:
+        """Pass on the counts received, waiting (up to 5 s each) until `wait_for` have come."""
+        relayed = 0
+        while True:
+            try:
+                if relayed < wait_for:
+                    count = self.progress.get(timeout=5.0)
                 else:
-                    progress(event)
-                event = self.events.get_nowait()
-        except queue.Empty:
-            pass
+                    count = self.progress.get_nowait()
+            except queue.Empty:
+                return relayed
+            progress(count)
+            relayed += count
 
 
 @contextmanager
-def helpers(count: int) -> Iterator[Helpers]:
-    """`count` helper processes, started at once; each waits for `Helpers.start`. Leaving the
-    block stops any still running (never given a job, say, because loading the inputs failed)."""
+def _helper_death_is_an_error() -> Iterator[None]:
+    """A helper's death (the executor then refuses every task) becomes one clear message."""
+    try:
+        yield
+    except BrokenProcessPool as err:
+        raise UserError(
+            "a render helper died (killed for lack of memory?); finished shards are kept: "
+            "re-run to render the rest, with fewer --workers if memory is short"
+        ) from err
+
+
+@contextmanager
+def helper_pool(count: int) -> Iterator[HelperPool]:
+    """`count` helper processes, started at once; they wait for `HelperPool.render`. Leaving the
+    block ends them; left by an error, they drop their shards at the next sample."""
     # spawn: no fork of a parent holding OpenCV/tqdm threads; the same on Linux and macOS.
     ctx = mp.get_context("spawn")
-    jobs, events, counter = ctx.Queue(), ctx.Queue(), ctx.Value("q", 0)
+    progress, stop = ctx.Queue(), ctx.Event()
     with tempfile.TemporaryDirectory(prefix="synth-render-") as tmp:
-        processes = [
-            ctx.Process(target=_helper, args=(jobs, events, counter), daemon=True)
-            for _ in range(count)
-        ]
+        executor = ProcessPoolExecutor(
+            count, mp_context=ctx, initializer=_start_helper, initargs=(progress, stop)
+        )
         try:
-            for process in processes:
-                process.start()
-            yield Helpers(processes, jobs, events, counter, tmp)
+            # The executor starts a process for each task no idle one can take: all, right now.
+            for _ in range(count):
+                executor.submit(int)
+            yield HelperPool(executor, count, progress, tmp)
+        except BaseException:
+            stop.set()
+            raise
         finally:
-            for process in processes:
-                if process.is_alive():
-                    process.terminate()
-            for process in processes:
-                process.join()
+            executor.shutdown(wait=True, cancel_futures=True)
 
 
 def write_manifests(job: Job, start: int, stop: int) -> Path:
@@ -505,9 +513,9 @@ def write_manifests(job: Job, start: int, stop: int) -> Path:
 @click.option(
     "--params",
     "params_path",
-    default="params.yaml",
-    show_default=True,
+    default=None,
     type=click.Path(dir_okay=False, path_type=Path),
+    help="Params file [default: ./params.yaml if there is one, else the shipped defaults].",
 )
 @click.option(
     "--set",

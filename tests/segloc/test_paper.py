@@ -42,7 +42,7 @@ def test_paper_config_is_valid_for_every_stage():
     assert from_dict(SynthConfig, params["synth"], "synth").canvas == 256
     pre = load_pretrain_config(params)
     assert pre.steps is None and pre.epochs == 25 and pre.augment.crop == 224
-    assert load_eval_config(params).crop_size == 512
+    assert load_eval_config(params).finetune.crop_size == 512
 
 
 def test_dry_run_prints_the_experiment(tmp_path):

@@ -6,6 +6,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -284,29 +285,47 @@ def _job(params: Path, out: Path) -> render.Job:
     )
 
 
-def _wait(team: render.Helpers) -> None:
-    while not team.finished:
-        team.poll(lambda n: None, timeout=0.1)
-
-
 def test_a_helpers_error_is_raised_in_the_main_process(tmp_path):
     params = _truncated_background(tmp_path / "in")
     job = _job(params, tmp_path / "out")
-    # This process claims no shard here, so the helper meets the broken background.
-    with render.helpers(1) as team:
-        team.start(job, [0, 1, 2, 3])
+    with render.helper_pool(1) as pool:
         with pytest.raises(UserError, match=r"N00002.jpg: cannot decode image.*while rendering"):
-            _wait(team)
+            for shard in range(4):  # one at a time: the helper takes it before this process
+                pool.render(job, [shard], lambda n: None)
 
 
 def test_a_helper_killed_mid_render_is_an_error_not_a_hang(inputs, tmp_path):
-    with render.helpers(1) as team:
-        team.start(_job(inputs, tmp_path / "out"), [0, 1, 2, 3])
-        helper = team.processes[0]
-        os.kill(helper.pid, signal.SIGKILL)  # as the kernel's out-of-memory killer would
-        helper.join()
-        with pytest.raises(UserError, match=r"died with exit code -9.*re-run"):
-            _wait(team)
+    with render.helper_pool(1) as pool:
+        pid = pool.executor.submit(os.getpid).result()
+
+        def kill_once(n: int) -> None:  # at the first sample the helper reports
+            if not kill_once.done:
+                kill_once.done = True
+                os.kill(pid, signal.SIGKILL)  # as the kernel's out-of-memory killer would
+
+        kill_once.done = False
+        with pytest.raises(UserError, match=r"render helper died.*re-run"):
+            pool.render(_job(inputs, tmp_path / "out"), [0, 1, 2, 3], kill_once)
+    records = {p.stem for p in (tmp_path / "out" / ".records").glob("*.json")}
+    assert {p.stem for p in (tmp_path / "out").glob("*.tar")} == records  # only finished shards
+
+
+class _Unrebuildable(Exception):
+    """Pickles, but its constructor cannot rebuild it from its args."""
+
+    def __init__(self, text: str, code: int):
+        super().__init__(text)
+
+
+def test_a_helper_error_that_cannot_travel_arrives_as_its_traceback(monkeypatch):
+    def fail(*args):
+        raise _Unrebuildable("boom", 1)
+
+    monkeypatch.setattr(render, "_load_job", lambda path: None)
+    monkeypatch.setattr(render, "render_shard", fail)
+    monkeypatch.setattr(render._HELPER, "stop", threading.Event())
+    with pytest.raises(RuntimeError, match=r"(?s)a render helper failed.*_Unrebuildable: boom"):
+        render._render_task("job.pickle", 0)
 
 
 def test_helpers_started_before_a_failed_input_check_are_stopped(tmp_path):
@@ -324,9 +343,8 @@ def test_a_waiting_helper_exits_when_the_main_process_dies(tmp_path):
     code = (
         "import os, signal, synth.render as r\n"
         "if __name__ == '__main__':\n"
-        "    with r.helpers(1) as team:\n"
-        "        team.wait_ready()\n"
-        "        print(team.processes[0].pid, flush=True)\n"
+        "    with r.helper_pool(1) as pool:\n"
+        "        print(pool.executor.submit(os.getpid).result(), flush=True)\n"
         "        os.kill(os.getpid(), signal.SIGKILL)\n"
     )
     script = tmp_path / "main.py"
@@ -431,15 +449,6 @@ def test_shared_transform_pastes_a_segment_alike_in_both_views(share, tmp_path):
     for sample, (_, members) in enumerate(iter_samples(tmp_path / "out" / "train-000000.tar")):
         meta = json.loads(members["json"])
         assert meta["views"][0]["background"] != meta["views"][1]["background"], sample
-
-
-def test_shared_transform_zero_keeps_the_bytes_of_a_render_without_it(rendered, tmp_path):
-    params = make_tiny_data(tmp_path / "in", synth={"shared_transform": 0.0})
-    render.main(tmp_path / "out", params, workers=1)
-    tars = sorted(p.name for p in rendered.glob("*.tar"))
-    assert tars and all(
-        (tmp_path / "out" / t).read_bytes() == (rendered / t).read_bytes() for t in tars
-    )
 
 
 def test_shared_transform_outside_zero_one_names_the_key(tmp_path):
