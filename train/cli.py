@@ -21,8 +21,7 @@ from pathlib import Path
 import click
 
 from segloc import dist
-from segloc.errors import UserError
-from segloc.params import apply_override, load_params, to_dict
+from segloc.params import DEFAULT_PARAMS, load_run_params
 from train.config import METHODS, PretrainConfig, load_pretrain_config
 from train.loop import Interrupted, run
 
@@ -30,32 +29,10 @@ log = logging.getLogger(__name__)
 
 
 def resolve_params(params_file: str | None, overrides: tuple[str, ...]) -> dict:
-    """params.yaml (or --params) over the built-in defaults, then --set overrides.
-
-    Keys missing from the file's `pretrain` section take their defaults, so --set can reach every
-    key; unknown keys in the file still fail when the config is built.
-    """
-    path = Path(params_file or "params.yaml")
-    if path.is_file() or params_file is not None:
-        params = load_params(path)
-    else:
+    """params.yaml (or --params) over the code defaults of `pretrain`, then --set overrides."""
+    if params_file is None and not DEFAULT_PARAMS.is_file():
         log.info("no params.yaml here: using the built-in pretrain defaults")
-        params = {}
-    section = params.get("pretrain")
-    if section is not None and not isinstance(section, dict):
-        raise UserError(f"params pretrain: expected a mapping in {path}")
-    params["pretrain"] = _merge(to_dict(PretrainConfig()), section or {})
-    for item in overrides:
-        apply_override(params, item)
-    return params
-
-
-def _merge(base: dict, top: dict) -> dict:
-    out = dict(base)
-    for key, value in top.items():
-        both = isinstance(value, dict) and isinstance(base.get(key), dict)
-        out[key] = _merge(base[key], value) if both else value
-    return out
+    return load_run_params(params_file, overrides, {"pretrain": PretrainConfig})
 
 
 def _setup_logging(verbose: bool) -> None:

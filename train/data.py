@@ -4,12 +4,14 @@ reads and checks manifest and samples).
     shards = open_shards("shards/")                     # validates manifest.json
     spec = StreamSpec(shards.urls, shards.canvas, len(shards.classes), Needs(2, True, False),
                       batch_size=32, buffer=512, seed=0, rank=0, epoch=0, epoch_steps=100,
-                      start=0, streams=1)
+                      start=0, streams=4)
     for batch in make_loader(spec, workers=1): ...      # dicts of uint8 / int64 tensors
 
 Determinism (so that a resumed run repeats an uninterrupted one): each process reads
-`max(1, workers)` streams; batch b of a data epoch comes from stream b % streams, and a stream's
-shard draws and shuffle buffer are seeded by (seed, rank, epoch, stream) only. Batch b is always
+`pretrain.streams` streams; batch b of a data epoch comes from stream b % streams, and a stream's
+shard draws and shuffle buffer are seeded by (seed, rank, epoch, stream) only. The loader's
+workers (any divisor of the stream count, or none) share the streams out, so the batches do not
+depend on how many workers read them: `pretrain.workers` is a runtime setting. Batch b is always
 the next `batch_size` raw samples of its stream, so resuming skips consumed batches by counting
 raw samples, without decoding them. Shards are drawn with replacement (resampled), so every rank
 and worker gets an endless stream whatever the shard count, and every rank takes the same number
@@ -164,7 +166,7 @@ class StreamSpec:
     epoch: int
     epoch_steps: int  # batches per process in one data epoch
     start: int  # first batch index of the epoch this loader yields (> 0 when resuming)
-    streams: int  # max(1, workers): fixed per run so batches don't depend on the worker count
+    streams: int  # pretrain.streams: fixed per run so batches don't depend on the worker count
     exclude: frozenset[tuple[str, str]] = frozenset()  # (url, key) of samples never to yield
 
 
@@ -269,7 +271,8 @@ def collate(samples: list[dict[str, Any]], needs: Needs) -> dict[str, Any]:
 
 
 class TwoViewStream(IterableDataset):
-    """One DataLoader worker reads one stream; in-process (workers=0) reads the only stream."""
+    """The epoch's batches start, start + 1, ...; with W DataLoader workers (W divides the stream
+    count), worker w yields batches start + w, start + w + W, ..., each from its own streams."""
 
     def __init__(self, spec: StreamSpec):
         super().__init__()
@@ -277,9 +280,19 @@ class TwoViewStream(IterableDataset):
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         info = get_worker_info()
-        worker = info.id if info is not None else 0
-        # The DataLoader asks worker 0 first, so worker w serves batch start + w (mod streams).
-        yield from stream_batches(self.spec, (self.spec.start + worker) % self.spec.streams)
+        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        yield from worker_batches(self.spec, worker, workers)
+
+
+def worker_batches(spec: StreamSpec, worker: int, workers: int) -> Iterator[dict[str, Any]]:
+    """Batches start + worker + j * workers of the epoch, in order. The DataLoader asks its
+    workers in turn, so it hands them out as batches start, start + 1, ... Batch b comes from
+    stream b % streams; as `workers` divides `streams`, a stream is read by one worker only."""
+    first = spec.start + worker
+    mine = {b % spec.streams for b in range(first, first + spec.streams, workers)}
+    gens = {s: stream_batches(spec, s) for s in sorted(mine)}
+    for b in range(first, spec.epoch_steps, workers):
+        yield next(gens[b % spec.streams])
 
 
 def _worker_init(_: int) -> None:
@@ -290,8 +303,8 @@ def _worker_init(_: int) -> None:
 
 
 def make_loader(spec: StreamSpec, workers: int, pin_memory: bool = False) -> DataLoader:
-    if max(1, workers) != spec.streams:
-        raise ValueError(f"{workers} workers cannot serve {spec.streams} streams")
+    if workers and spec.streams % workers:
+        raise ValueError(f"{workers} workers cannot share {spec.streams} streams evenly")
     return DataLoader(
         TwoViewStream(spec),
         batch_size=None,  # the stream yields whole batches

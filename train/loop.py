@@ -2,7 +2,8 @@
 
     result = run(cfg, "segloc", "shards/", "out/segloc", resume=False)
 
-Outputs under out/: checkpoint.pt (resume), backbone.pt + backbone.json (eval), metrics.json,
+Outputs under out/: checkpoint.pt (resume), backbone.pt + backbone.json (eval), metrics.json
+(the headline figures and library versions), stats.json (every figure of the run),
 plots/train.tsv and plots/monitor.tsv (DVC), config.json (the resolved config of a run made
 outside DVC). On CPU a resumed run ends with exactly the weights and monitor rows of an
 uninterrupted one: batch s and every random draw of step s depend only on (seed, rank, s), the
@@ -31,6 +32,7 @@ from segloc.backbone_card import build_card
 from segloc.dense import start_small
 from segloc.errors import UserError
 from segloc.params import to_dict
+from segloc.provenance import versions
 from segloc.schedule import scaled_lr
 from train.augment import MEAN, STD
 from train.checkpoint import RunState, identity, load_checkpoint, save_checkpoint
@@ -181,7 +183,10 @@ def build_model(
         init_weights(model, g)
         start_small(model.classifier, g)
     else:
-        encoder = Encoder(cfg.arch, preset.pooling, cfg.dim, cfg.fpn, cfg.pool_from)
+        dense_dim = cfg.dim if cfg.dense_weight > 0 else 0
+        encoder = Encoder(
+            cfg.arch, preset.pooling, cfg.dim, cfg.pool_from, cfg.pixel_norm, dense_dim
+        )
         init_weights(encoder, g)
         queues = num_classes if preset.queue == "per_class" else 1
         model = ClassQueueMoCo(
@@ -189,10 +194,11 @@ def build_model(
             queues,
             cfg.queue_size,
             cfg.temperature,
-            True,
             cfg.shuffle_bn_groups,
             g,
             class_positives=cfg.positives == "class",
+            predictor=cfg.predictor,
+            dense_weight=cfg.dense_weight,
         )
     model.to(device)
     if device.type == "cuda":
@@ -205,6 +211,14 @@ def build_model(
 
 def build_optimizer(model: nn.Module, cfg: PretrainConfig) -> torch.optim.Optimizer:
     params = [p for p in model.parameters() if p.requires_grad]
+    if not cfg.decay_norm_bias:
+        # BatchNorm scales and every bias (1-d tensors) outside weight decay, as MoCo v3 and BYOL
+        # keep them: decayed, BN scales shrink and damp whole residual branches.
+        plain = [p for p in params if p.ndim > 1]
+        params = [
+            {"params": plain},
+            {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0},
+        ]
     if cfg.optimizer == "adamw":
         return torch.optim.AdamW(params, lr=0.0, weight_decay=cfg.weight_decay)
     return torch.optim.SGD(
@@ -255,7 +269,7 @@ def stream_spec(
         epoch,
         epoch_steps,
         start,
-        max(1, cfg.workers),
+        cfg.streams,
         exclude,
     )
 
@@ -342,6 +356,8 @@ def metrics_row(s: Session, scalars: dict[str, float]) -> dict[str, float]:
     if isinstance(s.model, SupervisedSeg):
         return row | {"pixel_acc": scalars.get("pixel_acc", float("nan"))}
     row |= {k: scalars.get(k, float("nan")) for k in ("momentum", "pos_sim", "neg_sim", "pairs")}
+    if "dense_loss" in scalars:  # the dense variant's own term (pretrain.dense_weight)
+        row["dense_loss"] = scalars["dense_loss"]
     fill = s.model.queue_fill().tolist()
     names = s.shards.classes if len(fill) == len(s.shards.classes) else ("all",)
     return row | {f"fill_{_column(n)}": f for n, f in zip(names, fill, strict=True)}
@@ -404,7 +420,8 @@ def _fmt(v: float) -> str:
 
 
 def summary(s: Session) -> dict[str, Any]:
-    """metrics.json; computed on every rank (the queue check is a collective)."""
+    """Every figure of the run (stats.json; `headline` picks metrics.json's); computed on every
+    rank (the queue check is a collective)."""
     world, rows = dist.world_size(), s.state.rows
     tail = [r["loss"] for r in rows[-10:]]
     metrics = {
@@ -425,6 +442,22 @@ def summary(s: Session) -> dict[str, Any]:
         if world > 1:
             metrics["queues_identical_across_ranks"] = queues_identical(s.model)
     return metrics
+
+
+HEADLINE = (
+    "knn_acc",
+    "knn_acc_init",
+    "fresh_bank_loss",
+    "chance_loss",
+    "final_loss",
+    "samples_per_s",
+)
+
+
+def headline(metrics: dict[str, Any]) -> dict[str, Any]:
+    """metrics.json: the few figures worth a column in `dvc metrics show`, and the library
+    versions that made the run (a list, which `dvc metrics show` leaves out)."""
+    return {k: metrics[k] for k in HEADLINE if k in metrics} | {"versions": versions()}
 
 
 def queues_identical(model: ClassQueueMoCo) -> bool:
@@ -448,12 +481,13 @@ def finish(s: Session, metrics: dict[str, Any]) -> None:
         s.cfg.augment.crop,
         MEAN,
         STD,
-        run_label(s.method, s.ctx.preset, s.cfg.positives),
+        run_label(s.method, s.ctx.preset, s.cfg.positives, s.cfg.dense_weight),
     )
     export(s.out, s.model, card)
     write_tsv(s.out / "plots" / "train.tsv", s.state.rows)
     write_tsv(s.out / "plots" / "monitor.tsv", s.state.monitor)
-    write_json(s.out / "metrics.json", metrics)
+    write_json(s.out / "stats.json", metrics)
+    write_json(s.out / "metrics.json", headline(metrics))
     log.info(
         "done: %d steps, %.1f samples/s, final loss %.4f, %d samples skipped; backbone %s",
         s.state.step,

@@ -1,4 +1,4 @@
-"""Backbone (torchvision ResNet, optional FPN), per-instance pooling and the projection head.
+"""Backbone (torchvision ResNet), per-instance pooling and the projection head.
 
 Pooling turns feature maps into one vector per instance (docs/design.md §2.5):
 - `mask`  (SegLoc): average of the feature map inside the instance mask, the mask area-resized to
@@ -6,23 +6,18 @@ Pooling turns feature maps into one vector per instance (docs/design.md §2.5):
 - `box`   (InsLoc): RoIAlign 7x7 on the box, averaged;
 - `image` (MoCo): global average of C5.
 The map is C5 or, with `pool_from: stride8`, the fused stride-8 map the probe reads.
-With an FPN, every instance is pooled on every level P2..P5 and the level its size calls for is
-kept (the Mask R-CNN rule torchvision's MultiScaleRoIAlign uses); pooling everywhere keeps every
-level in the autograd graph, which DDP needs.
 """
 
 from __future__ import annotations
 
 import math
-from collections import OrderedDict
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 import torchvision
 from torch import nn
-from torchvision.ops import FeaturePyramidNetwork, roi_align
+from torchvision.ops import roi_align
 
 from segloc.dense import STRIDE as STRIDE8
 from segloc.dense import fuse_stride8
@@ -34,9 +29,8 @@ ARCHS = {
     "resnet50": (torchvision.models.resnet50, (256, 512, 1024, 2048)),
     "resnet101": (torchvision.models.resnet101, (256, 512, 1024, 2048)),
 }
-STRIDES = (4, 8, 16, 32)  # of C2..C5 / P2..P5
+STRIDE5 = 32  # of C5
 POOL_FROM = ("c5", "stride8")
-FPN_CHANNELS = 256
 
 
 @dataclass
@@ -69,81 +63,73 @@ class ResNetTrunk(nn.Module):
 
 
 class Encoder(nn.Module):
-    """Trunk (+ FPN) + pooling + MLP head -> L2-normalised embeddings (M x dim).
+    """Trunk + pooling + MLP head -> L2-normalised embeddings (M x dim).
 
-    Instances are pooled from one of three maps: C5 (stride 32), the fused stride-8 map
-    (`segloc.dense`: C3 + upsampled C4, C5; `pool_from="stride8"`), or P2..P5 of an FPN by
-    instance size (`fpn`). On C5 a 64-px crop is a 2 x 2 map, so a mask-pooled instance is
-    nearly the whole crop; at stride 8 a 30-px item covers several cells of the map the probe reads.
-    Image pooling (MoCo) always averages C5.
+    Instances are pooled from one of two maps: C5 (stride 32) or the fused stride-8 map
+    (`segloc.dense`: C3 + upsampled C4, C5; `pool_from="stride8"`). On C5 a 64-px crop is a
+    2 x 2 map, so a mask-pooled instance is nearly the whole crop; at stride 8 a 30-px item covers
+    several cells of the map the probe reads. Image pooling (MoCo) always averages C5.
     """
 
-    def __init__(self, arch: str, pooling: str, dim: int, fpn: bool, pool_from: str = "c5"):
+    def __init__(
+        self,
+        arch: str,
+        pooling: str,
+        dim: int,
+        pool_from: str = "c5",
+        pixel_norm: bool = False,
+        dense_dim: int = 0,
+    ):
         super().__init__()
+        # Each cell's feature vector L2-normalised before pooling (CP2), so an instance's vector
+        # is an average of directions and no high-activation cell (often background) dominates.
+        self.pixel_norm = pixel_norm
         if pool_from not in POOL_FROM:
             raise ValueError(f"pool_from {pool_from!r}: expected one of {', '.join(POOL_FROM)}")
-        if fpn and pool_from != "c5":
-            raise ValueError("an FPN pools P2..P5: pool_from must be c5 with fpn")
         self.pooling = pooling
         self.trunk = ResNetTrunk(arch)
         chans = self.trunk.channels
-        # Image pooling reads C5 only, so an FPN would get no gradient: leave it out.
-        self.fpn = (
-            FeaturePyramidNetwork(list(chans), FPN_CHANNELS) if fpn and pooling != "image" else None
-        )
         self.dense = pool_from == "stride8" and pooling != "image"
-        if self.fpn is not None:
-            width = FPN_CHANNELS
-        elif self.dense:
-            width = sum(chans[1:])
-        else:
-            width = chans[-1]
+        self.stride = STRIDE8 if self.dense else STRIDE5  # of the map `feature_map` returns
+        width = sum(chans[1:]) if self.dense else chans[-1]
         # MoCo-v2 head: hidden layer as wide as the input, no BN (instances, not images, are the batch).
         self.head = nn.Sequential(
             nn.Linear(width, width), nn.ReLU(inplace=True), nn.Linear(width, dim)
         )
+        # A per-cell projection for a variant's dense term (DenseCL's 1x1-conv MLP); none by default.
+        self.dense_head = None
+        if dense_dim > 0 and self.dense:
+            self.dense_head = nn.Sequential(
+                nn.Conv2d(width, width, 1), nn.ReLU(inplace=True), nn.Conv2d(width, dense_dim, 1)
+            )
 
-    @property
-    def strides(self) -> tuple[int, ...]:
-        """Stride of each map `feature_maps` returns."""
-        if self.fpn is not None:
-            return STRIDES
-        return (STRIDE8,) if self.dense else STRIDES[-1:]
-
-    def feature_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """C5 alone, the fused stride-8 map, or P2..P5 with an FPN."""
+    def feature_map(self, x: torch.Tensor) -> torch.Tensor:
+        """C5, or the fused stride-8 map with `pool_from="stride8"`."""
         feats = self.trunk(x)
-        if self.fpn is not None:
-            out = self.fpn(OrderedDict((f"c{i + 2}", f) for i, f in enumerate(feats)))
-            return list(out.values())
-        return [fuse_stride8(feats[1:])] if self.dense else [feats[-1]]
+        return fuse_stride8(feats[1:]) if self.dense else feats[-1]
 
-    def embed(self, maps: list[torch.Tensor], regions: Regions | None) -> torch.Tensor:
+    def embed(self, feat: torch.Tensor, regions: Regions | None) -> torch.Tensor:
         if self.pooling == "image":
-            pooled = maps[-1].mean((2, 3))  # B x C
+            pooled = feat.mean((2, 3))  # B x C
         else:
-            pooled = pool_instances(maps, regions, self.pooling, self.strides)  # M x C
+            if self.pixel_norm:
+                feat = F.normalize(feat.float(), dim=1).to(feat.dtype)
+            pooled = pool_instances(feat, regions, self.pooling, self.stride)  # M x C
         return F.normalize(self.head(pooled.float()), dim=1)
 
     def forward(self, x: torch.Tensor, regions: Regions | None = None) -> torch.Tensor:
-        return self.embed(self.feature_maps(x), regions)
+        return self.embed(self.feature_map(x), regions)
+
+    def dense_embed(self, feat: torch.Tensor) -> torch.Tensor:
+        """B x dense_dim x h x w cell embeddings, L2-normalised per cell."""
+        return F.normalize(self.dense_head(feat).float(), dim=1)
 
 
-def pool_instances(
-    maps: list[torch.Tensor], regions: Regions, pooling: str, strides: Sequence[int]
-) -> torch.Tensor:
-    """M x C instance vectors from one map (C5 or the fused stride-8 map) or P2..P5 (four maps,
-    level chosen by size); `strides` gives each map's."""
-    size = maps[0].shape[-1] * strides[0]  # input side in pixels
-    per_level = [
-        mask_pool(f, regions) if pooling == "mask" else box_pool(f, regions, s)
-        for f, s in zip(maps, strides, strict=True)
-    ]
-    if len(per_level) == 1:
-        return per_level[0]
-    level = fpn_level(_instance_scale(regions, pooling, size))
-    stacked = torch.stack(per_level)  # L x M x C
-    return stacked[level, torch.arange(level.shape[0], device=level.device)]
+def pool_instances(feat: torch.Tensor, regions: Regions, pooling: str, stride: int) -> torch.Tensor:
+    """M x C instance vectors from `feat` (B x C x h x w, `stride` input pixels per cell)."""
+    if pooling == "mask":
+        return mask_pool(feat, regions)
+    return box_pool(feat, regions, stride)
 
 
 def mask_pool(feat: torch.Tensor, regions: Regions) -> torch.Tensor:
@@ -170,22 +156,6 @@ def box_pool(feat: torch.Tensor, regions: Regions, stride: int) -> torch.Tensor:
         aligned=True,
     )
     return out.mean((2, 3)).to(feat.dtype)
-
-
-def _instance_scale(regions: Regions, pooling: str, size: int) -> torch.Tensor:
-    """(M,) sqrt of instance area in pixels of a 224-px-equivalent input."""
-    if pooling == "mask":
-        area = regions.masks.flatten(1).sum(1)
-    else:
-        wh = regions.boxes[:, 2:] - regions.boxes[:, :2]
-        area = wh[:, 0] * wh[:, 1]
-    return area.clamp(min=1.0).sqrt() * (224.0 / size)
-
-
-def fpn_level(scale: torch.Tensor) -> torch.Tensor:
-    """Index 0..3 of P2..P5: k = floor(4 + log2(scale / 224)) (FPN paper eq. 1), clamped to 2..5."""
-    k = torch.floor(4.0 + torch.log2(scale / 224.0) + 1e-6)
-    return (k.clamp(2, 5) - 2).long()
 
 
 class SplitBatchNorm2d(nn.BatchNorm2d):

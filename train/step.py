@@ -43,8 +43,28 @@ def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
     }
 
 
-def contrastive_inputs(batch: dict[str, Any], ctx: StepContext, g: torch.Generator) -> dict:
-    """Model inputs of a MoCo-family step; `batch` is already on the device."""
+def key_views(
+    batch: dict[str, Any], ctx: StepContext, g: torch.Generator, step: int | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The key side's images and instance masks: view v1 of each sample, or, for a share of the
+    samples that falls from 1 to 0 over pretrain.curriculum_steps, view v0 again (a second crop
+    of the query's own composite: same scan, same paste). `step` None (the monitor) or past the
+    curriculum: v1 only, with no random draw, so a run without a curriculum is unchanged."""
+    steps = ctx.cfg.curriculum_steps
+    if step is None or step >= steps:
+        return batch["img1"], batch["masks1"]
+    same = torch.rand(batch["img0"].shape[0], generator=g) < 1.0 - step / steps
+    same = same.to(batch["img0"].device)
+    images = torch.where(same[:, None, None, None], batch["img0"], batch["img1"])
+    per_inst = same[batch["inst_img"]][:, None, None]
+    return images, torch.where(per_inst, batch["masks0"], batch["masks1"])
+
+
+def contrastive_inputs(
+    batch: dict[str, Any], ctx: StepContext, g: torch.Generator, step: int | None = None
+) -> dict:
+    """Model inputs of a MoCo-family step; `batch` is already on the device. `step` drives the
+    pair curriculum (`key_views`); None: no curriculum (the monitor's probes)."""
     aug = ctx.cfg.augment
     if ctx.preset.pooling == "image":  # MoCo: two crops of v0, one "instance" per image
         img = batch["img0"]
@@ -59,8 +79,9 @@ def contrastive_inputs(batch: dict[str, Any], ctx: StepContext, g: torch.Generat
             "perm": torch.randperm(img.shape[0], generator=g).to(img.device),
         }
     inst_img = batch["inst_img"]
+    img_k, masks_k = key_views(batch, ctx, g, step)
     vq = augment_view(batch["img0"], aug, g, batch["masks0"], inst_img)
-    vk = augment_view(batch["img1"], aug, g, batch["masks1"], inst_img)
+    vk = augment_view(img_k, aug, g, masks_k, inst_img)
     # A pair survives only if its instance is still visible in both crops.
     keep = visible(vq.masks, aug.min_instance_px) & visible(vk.masks, aug.min_instance_px)
     idx, slot, kmax = inst_img[keep], batch["inst_slot"][keep], batch["kmax"]
@@ -116,7 +137,7 @@ def train_step(
     kmax = int(slots.max()) + 1 if slots.numel() else 0  # on the CPU copy: no device sync
     batch = to_device(batch, ctx.device) | {"kmax": kmax}
     m = momentum_at(step, ctx.total, ctx.cfg.momentum)
-    loss, stats = forward(model, batch, ctx, g, m)
+    loss, stats = forward(model, batch, ctx, g, m, step)
     scalars = _reduce_scalars(loss, stats)
     if not np.isfinite(scalars["loss"]):
         raise FloatingPointError(f"loss is {scalars['loss']} at step {step}")
@@ -126,7 +147,12 @@ def train_step(
 
 
 def forward(
-    model: nn.Module, batch: dict[str, Any], ctx: StepContext, g: torch.Generator, m: float
+    model: nn.Module,
+    batch: dict[str, Any],
+    ctx: StepContext,
+    g: torch.Generator,
+    m: float,
+    step: int | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Augment and run the model: bf16 autocast and channels_last on GPU, plain fp32 on CPU."""
     on_gpu = ctx.device.type == "cuda"
@@ -134,7 +160,7 @@ def forward(
     with autocast:
         if ctx.preset.pooling is None:
             return model(**_channels_last(supervised_inputs(batch, ctx, g), ctx.device))
-        inputs = _channels_last(contrastive_inputs(batch, ctx, g), ctx.device)
+        inputs = _channels_last(contrastive_inputs(batch, ctx, g, step), ctx.device)
         return model(**inputs, m=m)
 
 

@@ -14,7 +14,6 @@ from train.model import (
     Regions,
     SplitBatchNorm2d,
     box_pool,
-    fpn_level,
     init_weights,
     mask_pool,
     pool_instances,
@@ -57,25 +56,18 @@ def test_box_pool_of_the_whole_image_is_the_global_mean():
     )
 
 
-def test_fpn_level_rule():
-    levels = fpn_level(torch.tensor([10.0, 56.0, 112.0, 224.0, 448.0, 2000.0]))
-    assert levels.tolist() == [0, 0, 1, 2, 3, 3]
-
-
 @pytest.mark.parametrize(
-    ("pooling", "fpn", "pool_from"),
+    ("pooling", "pool_from"),
     [
-        ("mask", False, "c5"),
-        ("mask", True, "c5"),
-        ("mask", False, "stride8"),
-        ("box", False, "c5"),
-        ("box", True, "c5"),
-        ("box", False, "stride8"),
-        ("image", False, "c5"),
+        ("mask", "c5"),
+        ("mask", "stride8"),
+        ("box", "c5"),
+        ("box", "stride8"),
+        ("image", "c5"),
     ],
 )
-def test_encoder_embeds_unit_vectors(pooling, fpn, pool_from):
-    enc = Encoder("resnet18", pooling, 16, fpn, pool_from)
+def test_encoder_embeds_unit_vectors(pooling, pool_from):
+    enc = Encoder("resnet18", pooling, 16, pool_from)
     init_weights(enc, torch.Generator().manual_seed(0))
     x = torch.randn(2, 3, 64, 64)
     masks = torch.zeros(3, 64, 64)
@@ -90,7 +82,7 @@ def test_encoder_embeds_unit_vectors(pooling, fpn, pool_from):
 
 
 def test_init_is_a_function_of_the_generator_only():
-    a, b, c = (Encoder("resnet18", "mask", 8, False) for _ in range(3))
+    a, b, c = (Encoder("resnet18", "mask", 8) for _ in range(3))
     init_weights(a, torch.Generator().manual_seed(3))
     init_weights(b, torch.Generator().manual_seed(3))
     init_weights(c, torch.Generator().manual_seed(4))
@@ -112,23 +104,18 @@ def test_split_batchnorm_normalises_each_group_apart():
 def test_stride8_pooling_reads_the_fused_map():
     """pool_from stride8: an instance vector is the mask-weighted mean of the fused stride-8 map
     (the probe's), not of C5; the projection head is sized for it."""
-    enc = Encoder("resnet18", "mask", 16, False, "stride8")
+    enc = Encoder("resnet18", "mask", 16, "stride8")
     init_weights(enc, torch.Generator().manual_seed(0))
-    assert enc.strides == (8,) and enc.head[0].in_features == 128 + 256 + 512
+    assert enc.stride == 8 and enc.head[0].in_features == 128 + 256 + 512
     x = torch.randn(1, 3, 64, 64)
     masks = torch.zeros(1, 64, 64)
     masks[0, 8:24, 16:40] = 1.0  # cells (1..2, 2..4) of the 8 x 8 map, whole cells only
     regions = _regions(masks, [0])
-    maps = enc.feature_maps(x)
+    feat = enc.feature_map(x)
     fused = fuse_stride8(enc.trunk(x)[1:])
-    torch.testing.assert_close(maps[0], fused)
-    pooled = pool_instances(maps, regions, "mask", enc.strides)
+    torch.testing.assert_close(feat, fused)
+    pooled = pool_instances(feat, regions, "mask", enc.stride)
     torch.testing.assert_close(pooled[0], fused[0, :, 1:3, 2:5].mean((1, 2)))
-
-
-def test_fpn_with_stride8_pooling_is_refused():
-    with pytest.raises(ValueError, match="pool_from must be c5 with fpn"):
-        Encoder("resnet18", "mask", 16, True, "stride8")
 
 
 def test_supervised_pretraining_starts_at_uniform_class_probabilities():
@@ -146,7 +133,7 @@ def test_supervised_pretraining_starts_at_uniform_class_probabilities():
 
 
 def test_stride8_projection_head_width_for_resnet50():
-    enc = Encoder("resnet50", "mask", 16, False, "stride8")
+    enc = Encoder("resnet50", "mask", 16, "stride8")
     assert enc.head[0].in_features == 512 + 1024 + 2048
     # Image pooling (MoCo) keeps C5 whatever pool_from says.
-    assert Encoder("resnet50", "image", 16, False, "stride8").head[0].in_features == 2048
+    assert Encoder("resnet50", "image", 16, "stride8").head[0].in_features == 2048

@@ -16,9 +16,3 @@ def test_budget_in_steps_or_epochs():
     assert total_steps(cfg, 1000, 2) == math.ceil(2 * 1000 / 64)
     with pytest.raises(UserError, match="exactly one"):
         check_config(PretrainConfig(steps=10, epochs=1.0))
-
-
-def test_fpn_and_stride8_pooling_are_alternatives():
-    check_config(PretrainConfig(pool_from="stride8"))
-    with pytest.raises(UserError, match=r"pretrain\.pool_from"):
-        check_config(PretrainConfig(fpn=True, pool_from="stride8"))

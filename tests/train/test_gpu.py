@@ -40,8 +40,8 @@ def test_methods_train_on_gpu_in_bf16(method, tiny_shards, tmp_path):
         assert result.model.queue.dtype == torch.float32  # the bank stays float32 under autocast
 
 
-def test_gpu_run_with_fpn_and_compile(tiny_shards, tmp_path):
-    result = run(replace(GPU, fpn=True, compile=True), "segloc", tiny_shards, tmp_path)
+def test_gpu_run_with_compile(tiny_shards, tmp_path):
+    result = run(replace(GPU, compile=True), "segloc", tiny_shards, tmp_path)
     assert result.finished and torch.isfinite(torch.tensor(result.metrics["final_loss"]))
     state = torch.load(tmp_path / "backbone.pt", weights_only=True)
     assert not any("_orig_mod" in k for k in state)  # compile left the exported keys alone

@@ -41,10 +41,11 @@ def naive_class_queue(q, k, labels, queue, t):
 
 
 @pytest.mark.parametrize("seed", range(5))
-def test_single_queue_without_masking_is_moco_v2(seed):
+def test_a_single_queue_is_moco_v2(seed):
+    """With one queue nothing is masked: every key is a negative, as in MoCo-v2."""
     q, k, _, queue = _problem(seed, c=1, k=17)
     labels = torch.zeros(q.shape[0], dtype=torch.long)
-    ours = class_queue_infonce(q, k, labels, queue, 0.2, mask_own_class=False)
+    ours = class_queue_infonce(q, k, labels, queue, 0.2)
     torch.testing.assert_close(ours, naive_moco(q, k, queue[0], 0.2), rtol=1e-10, atol=1e-10)
 
 
@@ -212,3 +213,38 @@ def test_momentum_update_math():
     momentum_update(key, query, 0.0)  # m = 0 copies the query
     for pk, pq in zip(key.parameters(), query.parameters(), strict=True):
         torch.testing.assert_close(pk, pq)
+
+
+def naive_dense(zq, zk, cover_q, cover_k, inst_img, t):
+    """One query cell at a time, as the docstring of dense_fg_infonce says."""
+    b, d, h, w = zq.shape
+    zq, zk = zq.flatten(2), zk.flatten(2)
+    cq, ck = cover_q.flatten(1), cover_k.flatten(1)
+    occupied = torch.zeros(b, h * w, dtype=zq.dtype)
+    for m, i in enumerate(inst_img.tolist()):
+        occupied[i] += ck[m]
+    losses = []
+    for m, i in enumerate(inst_img.tolist()):
+        proto = F.normalize((zk[i] * ck[m]).sum(1), dim=0)
+        for c in range(h * w):
+            if cq[m, c] <= 0.5:
+                continue
+            pos = (proto @ zq[i][:, c]) / t
+            negs = [(zq[i][:, c] @ zk[i][:, j]) / t for j in range(h * w) if occupied[i, j] < 0.1]
+            logits = torch.stack([pos, *negs])
+            losses.append(-torch.log_softmax(logits, 0)[0])
+    return torch.stack(losses).mean()
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_dense_term_matches_naive_per_cell_loop(seed):
+    from train.moco import dense_fg_infonce
+
+    g = torch.Generator().manual_seed(seed)
+    zq, zk = _unit(3, 6, 4, 4, g=g, dim=1), _unit(3, 6, 4, 4, g=g, dim=1)
+    inst_img = torch.tensor([0, 0, 1, 2])
+    cover_q = (torch.rand(4, 4, 4, generator=g, dtype=torch.float64) > 0.6).double()
+    cover_k = (torch.rand(4, 4, 4, generator=g, dtype=torch.float64) > 0.6).double()
+    ours = dense_fg_infonce(zq, zk, cover_q, cover_k, inst_img, 0.2)
+    want = naive_dense(zq, zk, cover_q, cover_k, inst_img, 0.2)
+    torch.testing.assert_close(ours.double(), want, rtol=1e-5, atol=1e-6)

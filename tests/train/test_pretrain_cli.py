@@ -59,7 +59,7 @@ def test_cli_run_writes_every_output(tiny_shards, tmp_path, monkeypatch):
         (None, ["--set", "pretrain.lr=fast"], "pretrain.lr: expected a number"),
         (None, ["--set", "pretrain.steps=null"], "set exactly one"),
         (None, ["--set", "pretrain.monitor.holdout=4", "--resume"], "no checkpoint"),
-        (None, [], "pretrain.monitor.holdout: 64 samples held out of the 16"),
+        (None, [], "pretrain.monitor.holdout: 128 samples held out of the 16"),
         (None, ["--set", "pretrain.monitor.k=0"], "pretrain.monitor.k: expected a positive"),
         (
             None,

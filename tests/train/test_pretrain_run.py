@@ -40,8 +40,11 @@ def test_each_method_trains_and_exports(method, tiny_shards, tmp_path):
     result = run(replace(TINY, steps=2), method, tiny_shards, tmp_path)
     assert result.finished and result.state.step == 2
     metrics = json.loads((tmp_path / "metrics.json").read_text())
-    assert metrics["steps"] == 2 and metrics["skipped_samples"] == 0
+    stats = json.loads((tmp_path / "stats.json").read_text())
+    assert stats["steps"] == 2 and stats["skipped_samples"] == 0
     assert metrics["samples_per_s"] > 0 and metrics["final_loss"] > 0
+    headline = {k: v for k, v in metrics.items() if k != "versions"}
+    assert len(headline) <= 12 and headline.items() <= stats.items()  # taken from the whole
     rows = (tmp_path / "plots" / "train.tsv").read_text().splitlines()
     assert len(rows) == 3 and rows[0].startswith("step\tloss\tlr")
     if method == "segloc":  # one fill column per class
@@ -107,8 +110,8 @@ def test_sigterm_checkpoints_and_resume_matches(tiny_shards, tmp_path, monkeypat
 def test_non_finite_loss_stops_with_a_clear_message(tiny_shards, tmp_path, monkeypatch):
     real = train.moco.class_queue_infonce
 
-    def nan_at_step_three(q, k, labels, queue, temperature, mask_own_class=True):
-        loss = real(q, k, labels, queue, temperature, mask_own_class)
+    def nan_at_step_three(q, k, labels, queue, temperature):
+        loss = real(q, k, labels, queue, temperature)
         nan_at_step_three.calls += 1
         return loss * float("nan") if nan_at_step_three.calls == 3 else loss
 
