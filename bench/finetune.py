@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from eval.config import EvalConfig  # noqa: E402
+from eval.config import EvalConfig, FinetuneConfig  # noqa: E402
 from eval.finetune import predict, predict_batch  # noqa: E402
 from eval.model import build_model  # noqa: E402
 from segloc.dist import DistEnv  # noqa: E402
@@ -49,7 +49,12 @@ def step_seconds(stride: int, args: argparse.Namespace) -> float:
 
 def scoring(args: argparse.Namespace) -> tuple[float, float, float]:
     model = build_model(args.arch, "fcn", 13, 16, torch.Generator().manual_seed(0))
-    cfg = EvalConfig(arch=args.arch, base_size=args.base, batch_size=args.batch, amp=False)
+    cfg = EvalConfig(
+        arch=args.arch,
+        base_size=args.base,
+        amp=False,
+        finetune=FinetuneConfig(batch_size=args.batch),
+    )
     env = DistEnv(rank=0, world=1, local_world=1, device=torch.device("cpu"))
     rng = np.random.default_rng(0)
     sizes = rng.integers(220, 330, size=(args.scans, 2))  # the demo's scans are 256-320 px

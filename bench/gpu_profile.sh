@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The embedded default at GPU scale (configs/gpu.yaml): demo data, render, every arm of the
-# profile, then random init and each arm under both protocols (probe and finetune), 3 seeds, and
+# profile, then random init and each arm under every read-out (probe, probe_mlp, finetune,
+# finetune_10pct), and
 # the report under $OUT/reports/gpu with the card's name, the date and the command. The pipeline's
 # own CLIs run in order (no dvc needed on the machine), each stage timed.
 #
@@ -98,14 +99,15 @@ while IFS=$'\t' read -r NAME METHOD SWITCHES; do
     --out "$WORK/runs/pretrain/$NAME" --params "$P"
   INITS+=("$NAME")
 done < "$WORK/arms.tsv"
+read -r -a READOUTS < <("$PY" -c "import yaml,sys; e=yaml.safe_load(open(sys.argv[1]))['eval']; print(' '.join(['probe', 'probe_mlp', *e['finetune_protocols']]))" "$P")
 for INIT in "${INITS[@]}"; do
   SPEC="$INIT"; [ "$INIT" = random ] || SPEC="$WORK/runs/pretrain/$INIT"
-  stage "probe@$INIT" cli eval.cli --init "$SPEC" --out "$WORK/runs/eval/$INIT" --params "$P" \
-    --set eval.protocol=probe
-  stage "finetune@$INIT" cli eval.cli --init "$SPEC" --out "$WORK/runs/finetune/$INIT" \
-    --params "$P" --set eval.protocol=finetune
+  for PROTOCOL in "${READOUTS[@]}"; do
+    stage "$PROTOCOL@$INIT" cli eval.cli --init "$SPEC" --protocol "$PROTOCOL" \
+      --out "$WORK/runs/eval/$INIT/$PROTOCOL" --params "$P"
+  done
 done
-stage report cli eval.cli report --runs "$WORK/runs/eval/*" --runs "$WORK/runs/finetune/*" \
+stage report cli eval.cli report --runs "$WORK/runs/eval/*/*" \
   --pretrain "$WORK/runs/pretrain/*" --out "$OUT/reports/gpu"
 
 # Provenance on top of the report: the card, the date, the exact command and the stage times.

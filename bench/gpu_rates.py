@@ -413,8 +413,12 @@ def main() -> None:
     parser.add_argument("--small", action="store_true", help="tiny sizes, to check the script")
     parser.add_argument("--arch", default="resnet50")
     parser.add_argument("--head", default="deeplabv3", choices=["fcn", "deeplabv3"])
-    parser.add_argument("--batch", type=int, default=16, help="eval.finetune.batch_size (paper: 16)")
-    parser.add_argument("--crop", type=int, default=512, help="eval.finetune.crop_size (paper: 512)")
+    parser.add_argument(
+        "--batch", type=int, default=16, help="eval.finetune.batch_size (paper: 16)"
+    )
+    parser.add_argument(
+        "--crop", type=int, default=512, help="eval.finetune.crop_size (paper: 512)"
+    )
     parser.add_argument("--steps", type=int, default=4000, help="eval.finetune.steps (paper: 4000)")
     parser.add_argument("--base", type=int, default=640, help="eval.base_size (paper: 640)")
     parser.add_argument("--test-scans", type=int, default=18000, help="PIDray: ≈ 18k test scans")

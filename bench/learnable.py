@@ -2,13 +2,13 @@
 
     make repro                                      # first: the demo data this reads (data/demo)
     .venv/bin/python bench/learnable.py             # 1,500 steps, one repeat (~10 min, 2 cores)
-    .venv/bin/python bench/learnable.py --steps 300 --set eval.crop_size=96
+    .venv/bin/python bench/learnable.py --steps 300 --set eval.finetune.crop_size=96
 
 Runs, in this order and in this process's working directory (params.yaml's data paths):
-1. the baseline: `evaluate` with the default protocol (probe) on random init, one repeat;
-2. `evaluate --set eval.protocol=finetune` from random init with every label for --steps steps,
-   with the CPU fine-tuning recipe below (RECIPE: the fused stride-8 head, AdamW, whole 112-px
-   scans), chosen on a dev demo (docs/2026-11-30-learnable-default.md); --set overrides it.
+1. the baseline: `evaluate --protocol probe` (the linear probe) on random init, one repeat;
+2. `evaluate --protocol finetune` from random init with every label for --steps steps, with the
+   pipeline's fine-tuning recipe (eval.finetune: the fused stride-8 head, AdamW) but whole 112-px
+   scans (RECIPE); --set overrides it.
 Prints each one's foreground mIoU per test split, its wall time, and the fine-tune's figure as a
 ratio of the baseline's. Outputs go to a temporary folder; nothing in runs/ is touched.
 """
@@ -25,23 +25,21 @@ from pathlib import Path
 
 BIN = Path(sys.executable).parent
 RECIPE = [
-    "eval.head=fused",  # 1x1 conv on C3 + C4 + C5 at stride 8: no dilation, items many cells wide
-    "eval.optimizer=adamw",
-    "eval.lr=0.002",
-    "eval.weight_decay=0.05",
-    "eval.batch_size=16",
-    "eval.crop_size=112",  # whole scans at base_size 112 (scale jitter 0.75-1.5 kept)
+    "eval.finetune.head=fused",  # 1x1 conv on C3 + C4 + C5 at stride 8: items many cells wide
+    "eval.finetune.optimizer=adamw",
+    "eval.finetune.batch_size=16",
+    "eval.finetune.crop_size=112",  # whole scans at base_size 112 (scale jitter 0.75-1.5 kept)
 ]
 
 
-def evaluate(out: Path, overrides: list[str]) -> tuple[dict, float]:
-    args = [str(BIN / "evaluate"), "--init", "random", "--out", str(out)]
-    for item in ["eval.repeats=1", *overrides]:
+def evaluate(out: Path, protocol: str, overrides: list[str]) -> tuple[dict, float]:
+    args = [str(BIN / "evaluate"), "--init", "random", "--protocol", protocol, "--out", str(out)]
+    for item in ["eval.probe.repeats=1", "eval.finetune.repeats=1", *overrides]:
         args += ["--set", item]
     start = time.perf_counter()
     subprocess.run(args, check=True)
     wall = time.perf_counter() - start
-    return json.loads((out / "metrics.json").read_text()), wall
+    return json.loads((out / "scores.json").read_text()), wall
 
 
 def fg(metrics: dict) -> dict[str, float]:
@@ -60,10 +58,11 @@ def main() -> None:
     )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="learnable-") as tmp:
-        base, base_s = evaluate(Path(tmp) / "probe", ["eval.protocol=probe"])
+        base, base_s = evaluate(Path(tmp) / "probe", "probe", [])
         tuned, tuned_s = evaluate(
             Path(tmp) / "finetune",
-            ["eval.protocol=finetune", f"eval.steps={args.steps}", *RECIPE, *args.overrides],
+            "finetune",
+            [f"eval.finetune.steps={args.steps}", *RECIPE, *args.overrides],
         )
     rows = [
         ("probe, random init (baseline)", base, base_s),

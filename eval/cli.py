@@ -1,9 +1,9 @@
-"""`evaluate`: fine-tune from one init and score it; `evaluate report`: compare runs.
+"""`evaluate`: score one init under one read-out; `evaluate report`: compare runs.
 
-    evaluate --init random --data data/pidray --out runs/eval/random            # eval.protocol
-    evaluate --init runs/pretrain/segloc --out runs/finetune/segloc --set eval.protocol=finetune
-    evaluate --task instance --init random --out runs/instance/random \
-        --set eval.instance.enabled=true
+    evaluate --init random --data data/pidray --out runs/eval/random/probe      # eval.protocol
+    evaluate --init runs/pretrain/segloc --protocol probe_mlp --out runs/eval/segloc/probe_mlp
+    evaluate --init runs/pretrain/segloc --protocol finetune_10pct --out runs/eval/segloc/ft10
+    evaluate --task instance --init random --out runs/instance/random
     evaluate report --runs 'runs/finetune/*' --pretrain 'runs/pretrain/*' --out reports
     torchrun --nproc_per_node 2 -m eval.cli --init random --out runs/finetune/random
 
@@ -40,6 +40,12 @@ from segloc.errors import UserError
 )
 @click.option("--out", type=click.Path(file_okay=False), help="output folder")
 @click.option(
+    "--protocol",
+    metavar="NAME",
+    help="probe | probe_mlp | finetune | finetune_<N>pct (N % of the labeled scans) "
+    "[default: eval.protocol]",
+)
+@click.option(
     "--params",
     type=click.Path(dir_okay=False),
     help="params file [default: params.yaml if present]",
@@ -49,41 +55,47 @@ from segloc.errors import UserError
     "overrides",
     multiple=True,
     metavar="KEY=VALUE",
-    help="override a param, e.g. eval.steps=100 (repeatable)",
+    help="override a param, e.g. eval.finetune.steps=100 (repeatable)",
 )
 @click.option("-v", "--verbose", is_flag=True, help="debug logging")
 @click.pass_context
-def main(ctx: click.Context, task, init, data, out, params, overrides, verbose) -> None:
+def main(ctx: click.Context, task, init, data, out, protocol, params, overrides, verbose) -> None:
     """Evaluate the backbone SPEC on segmentation and score it on every test split.
 
-    eval.protocol chooses how: probe (default) trains a light head on the frozen backbone's
-    stride-8 features; finetune trains the whole network (FCN, DeepLabV3 or fused)."""
+    --protocol chooses the read-out: probe trains a linear head on the frozen backbone's
+    stride-8 features, probe_mlp a small conv head on them (with flips and turns), finetune
+    trains the whole network (FCN, DeepLabV3 or fused) on every labeled scan, finetune_10pct
+    on 10 % of them."""
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(name)s %(levelname)s %(message)s",
     )
-    given = init or data or out or params or overrides or task != "semantic"
+    given = init or data or out or protocol or params or overrides or task != "semantic"
     if ctx.invoked_subcommand is not None:
         if given:
-            raise UserError("--task/--init/--data/--out/--params/--set go without a subcommand")
+            raise UserError(
+                "--task/--init/--data/--out/--protocol/--params/--set go without a subcommand"
+            )
         return
     if not init or not out:
         raise UserError("--init and --out are required (see evaluate --help)")
     # torch is imported only when something is fine-tuned
     if task == "instance":
-        from eval.instance_off import stub_if_disabled
-
-        if stub_if_disabled(init, out, params, overrides):
-            return
         from eval import instance as stage
     else:
-        from eval.config import load_eval_config, load_run_params
+        from eval.config import load_eval_config, load_run_params, parse_protocol
 
-        if load_eval_config(load_run_params(params, overrides)).protocol == "probe":
-            from eval import probe as stage
-        else:
+        cfg = load_eval_config(load_run_params(params, overrides))
+        kind = parse_protocol(protocol, "--protocol").kind if protocol else None
+        if (kind or parse_protocol(cfg.protocol).kind) == "finetune":
             from eval import finetune as stage
+        else:
+            from eval import probe as stage
+        stage.main(init, out, data=data, params=params, overrides=overrides, protocol=protocol)
+        return
 
+    if protocol:
+        raise UserError("--protocol: the instance task has its own recipe (eval.instance)")
     stage.main(init, out, data=data, params=params, overrides=overrides)
 
 

@@ -59,15 +59,11 @@ class LabeledSets:
 def resolve_data(params: dict[str, Any], root: str | Path | None) -> EvalData:
     """Paths from the `data` section, or from a PIDray-layout `root` that replaces them."""
     if root is None:
-        if "data" not in params:
-            raise UserError("params data: missing (give the labeled set's folder with --data)")
         data = load_data_config(params)
         if not data.test:
             raise UserError("params data.test: no test splits to score (expected e.g. easy, hard)")
         return EvalData(data.foreground, dict(data.test), data.label_fraction, data.split_seed)
     train, tests = pidray_splits(root)
-    if "data" not in params:
-        return EvalData(train, tests)
     data = load_data_config(params)
     return replace(
         EvalData(train, tests), label_fraction=data.label_fraction, split_seed=data.split_seed

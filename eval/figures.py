@@ -37,6 +37,28 @@ def plot_miou(runs: list[Run], key: str = "mIoU_fg") -> Figure:
     return fig
 
 
+def plot_readouts(semantic: dict[str, list[Run]], key: str = "mIoU_fg") -> Figure:
+    """Overall foreground mIoU of every init under every read-out, side by side."""
+    labels = list(dict.fromkeys(r.label for runs in semantic.values() for r in runs))
+    protocols = list(semantic)
+    fig = Figure(figsize=(2.0 + 1.4 * len(protocols) * max(1, len(labels)) / 3, 3.6))
+    ax = fig.subplots()
+    width = 0.8 / max(1, len(labels))
+    x = np.arange(len(protocols))
+    for i, label in enumerate(labels):
+        runs = [next((r for r in semantic[p] if r.label == label), None) for p in protocols]
+        means = [_nan(r.summary(OVERALL, key)["mean"]) if r else np.nan for r in runs]
+        stds = [_nan(r.summary(OVERALL, key)["std"], 0.0) if r else 0.0 for r in runs]
+        offset = (i - (len(labels) - 1) / 2) * width
+        ax.bar(x + offset, means, width, yerr=stds, capsize=3, label=label)
+    ax.set_xticks(x, protocols)
+    ax.set_ylabel("foreground mIoU (%)")
+    ax.set_title("Every read-out, all test splits pooled (mean ± std over repeats)")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    ax.grid(axis="y", alpha=0.3)
+    return fig
+
+
 def _nan(value: float | None, default: float = float("nan")) -> float:
     return 100 * value if value is not None else default
 

@@ -1,22 +1,24 @@
 """Fine-tune a segmentation model from one init, score it on every test split, repeat over seeds.
 
-    evaluate --init random --data data/pidray --out runs/finetune/random
-    evaluate --init runs/pretrain/segloc --out runs/finetune/segloc      # paths from params.yaml
-    evaluate --init imagenet:weights/resnet18-f37072fd.pth --out runs/finetune/imagenet \
-        --set eval.repeats=5 --set eval.steps=2000
-    torchrun --nproc_per_node 4 -m eval.cli --init random --out runs/finetune/random   # DDP
+    evaluate --init random --data data/pidray --protocol finetune --out runs/eval/random/finetune
+    evaluate --init runs/pretrain/segloc --protocol finetune_10pct --out runs/eval/segloc/ft10
+    evaluate --init imagenet:weights/resnet18-f37072fd.pth --protocol finetune \
+        --out runs/eval/imagenet/finetune --set eval.finetune.repeats=5
+    torchrun --nproc_per_node 4 -m eval.cli --init random --protocol finetune \
+        --out runs/eval/random/finetune                                      # DDP
 
-Every init gets the same recipe, labels and seeds (docs/design.md §5.5): repeat r trains with seed
-eval.seed + r on the labeled subset of the train split for a fixed number of steps (no model
-selection, so nothing is tuned on the test splits), then scores each test split and all of them
-pooled ("overall"). Outputs are listed in `eval.outputs`.
+Every init gets the same recipe (eval.finetune), labels and seeds (docs/design.md §5.5): repeat r
+trains with seed eval.seed + r on the labeled subset of the train split (all of it for
+`finetune`, N % for `finetune_<N>pct`) for a fixed number of steps (no model selection, so
+nothing is tuned on the test splits), then scores each test split and all of them pooled
+("overall"). Outputs are listed in `eval.outputs`.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -28,32 +30,25 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from eval.config import EvalConfig, load_eval_config, load_run_params
+from eval.config import EvalConfig
 from eval.data import (
-    PAD_VALUE,
     LabeledSets,
     RankDraws,
     TrainDraws,
     load_example,
-    load_sets,
-    normalize,
-    resize_long,
-    resolve_data,
 )
-from eval.inits import Init, resolve_init
+from eval.inits import Init
+from eval.inputs import data_summary, load_inputs, predict_samples, square_input
 from eval.metrics import ConfusionMatrix
 from eval.model import build_model, load_init
 from eval.outputs import OVERALL, RepeatResult, write_run
 from segloc import dist
 from segloc.coco import CocoSet
 from segloc.dist import DistEnv
-from segloc.errors import UserError
 from segloc.params import to_dict
-from segloc.schedule import poly
+from segloc.schedule import poly, warmup
 
 log = logging.getLogger(__name__)
-
-SAMPLE_SIZE = 256  # long side of the scans kept for the report's qualitative sheet
 
 
 def main(
@@ -62,16 +57,22 @@ def main(
     data: str | Path | None = None,
     params: str | Path | None = None,
     overrides: Iterable[str] = (),
+    protocol: str | None = None,
 ) -> dict[str, Any] | None:
-    """Run the stage; returns the metrics document on rank 0 (None on other ranks)."""
+    """Run a fine-tuning protocol (`finetune`, `finetune_<N>pct`; None: eval.protocol); returns
+    the scores document on rank 0 (None on other ranks)."""
     env = dist.setup()
     try:
-        cfg, init_spec, sets = load_inputs(init, data, params, overrides, env, "fine-tune")
-        results = [fine_tune_once(sets, init_spec, cfg, r, env) for r in range(cfg.repeats)]
+        cfg, init_spec, sets, protocol = load_inputs(
+            init, data, params, overrides, env, protocol, kinds=("finetune",)
+        )
+        results = [
+            fine_tune_once(sets, init_spec, cfg, r, env) for r in range(cfg.finetune.repeats)
+        ]
         if not env.main:
             return None
         config = {
-            "protocol": "finetune",
+            "protocol": protocol.name,
             "eval": to_dict(cfg),
             "init": init_spec.describe(),
             "world_size": env.world,
@@ -84,44 +85,15 @@ def main(
         dist.teardown()
 
 
-def load_inputs(
-    init: str,
-    data: str | Path | None,
-    params: str | Path | None,
-    overrides: Iterable[str],
-    env: DistEnv,
-    what: str,
-) -> tuple[EvalConfig, Init, LabeledSets]:
-    """The eval config, the init and the labeled sets of a run (fine-tune or probe), checked
-    before any time is spent; sets this process's torch threads."""
-    resolved = load_run_params(params, overrides)
-    cfg = load_eval_config(resolved)
-    init_spec = resolve_init(init)
-    sets = load_sets(resolve_data(resolved, data))
-    if OVERALL in sets.test:
-        raise UserError(f"params data.test: '{OVERALL}' is reserved for the pooled test splits")
-    threads = dist.set_threads(cfg.threads, env)
-    log.info(
-        "%s %s: %d labeled train images, test splits %s, %d process(es) x %d threads",
-        what,
-        init_spec.label,
-        len(sets.labeled),
-        ", ".join(sets.test),
-        env.world,
-        threads,
-    )
-    return cfg, init_spec, sets
-
-
 def fine_tune_once(
     sets: LabeledSets, init: Init, cfg: EvalConfig, repeat: int, env: DistEnv
 ) -> RepeatResult:
     seed = cfg.seed + repeat
     model = build_model(
         cfg.arch,
-        cfg.head,
+        cfg.finetune.head,
         len(sets.label_names),
-        cfg.output_stride,
+        cfg.finetune.output_stride,
         torch.Generator().manual_seed(seed),
     )
     load_init(model, init, cfg.arch)
@@ -154,23 +126,27 @@ def train(
     env: DistEnv,
     desc: str = "fine-tune",
 ) -> list[float]:
-    """SGD (or AdamW) with poly lr for cfg.steps steps; returns this rank's loss per step."""
-    draws = TrainDraws(sets, seed, cfg.base_size, cfg.crop_size, cfg.scale_range, cfg.cat_max_ratio)
+    """SGD (or AdamW) for eval.finetune.steps steps, the lr ramped up over warmup_steps and
+    poly-decayed; returns this rank's loss per step."""
+    ft = cfg.finetune
+    draws = TrainDraws(sets, seed, cfg.base_size, ft.crop_size, ft.scale_range, ft.cat_max_ratio)
     loader = DataLoader(
         draws,
-        batch_size=cfg.batch_size,
+        batch_size=ft.batch_size,
         num_workers=cfg.workers,
-        sampler=RankDraws(cfg.steps, cfg.batch_size, env.rank, env.world),
+        sampler=RankDraws(ft.steps, ft.batch_size, env.rank, env.world),
         pin_memory=env.device.type == "cuda",
     )
     net = DistributedDataParallel(model) if env.world > 1 else model
-    if cfg.optimizer == "adamw":
-        opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if ft.optimizer == "adamw":
+        opt = torch.optim.AdamW(model.parameters(), lr=ft.lr, weight_decay=ft.weight_decay)
     else:
         opt = torch.optim.SGD(
-            model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+            model.parameters(), lr=ft.lr, momentum=ft.momentum, weight_decay=ft.weight_decay
         )
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: poly(s, cfg.steps, cfg.poly_power))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: warmup(s, ft.warmup_steps) * poly(s, ft.steps, ft.poly_power)
+    )
     losses = []
     model.train()
     # Dropout in the head draws from torch's global generator (it takes none of its own): scope a
@@ -221,71 +197,23 @@ def predict_batch(
     return out
 
 
-def square_input(rgb: np.ndarray, base: int) -> tuple[torch.Tensor, tuple[int, int]]:
-    """Normalised 3 x base x base input (scan at long side `base`, air padding) and its (h, w)."""
-    small = resize_long(rgb, base)
-    h, w = small.shape[:2]
-    square = np.full((base, base, 3), PAD_VALUE, dtype=np.uint8)
-    square[:h, :w] = small
-    return normalize(square), (h, w)
-
-
 def score_split(model: nn.Module, coco: CocoSet, cfg: EvalConfig, env: DistEnv) -> np.ndarray:
     """Pixel confusion matrix of one split; each rank scores every world-th image in batches of
-    eval.batch_size, then all-reduce."""
+    eval.finetune.batch_size, then all-reduce."""
     cm = ConfusionMatrix(len(coco.class_names) + 1, env.device)
     images = coco.images[env.rank :: env.world]
+    batch = cfg.finetune.batch_size
     with tqdm(
         total=len(images), desc=f"score {coco.json_path.stem}", disable=not env.main, leave=False
     ) as bar:
-        for first in range(0, len(images), cfg.batch_size):
-            examples = [load_example(coco, im) for im in images[first : first + cfg.batch_size]]
+        for first in range(0, len(images), batch):
+            examples = [load_example(coco, im) for im in images[first : first + batch]]
             preds = predict_batch(model, [rgb for rgb, _ in examples], cfg, env)
             for (_, truth), pred in zip(examples, preds, strict=True):
                 cm.update(torch.from_numpy(truth).to(env.device), pred)
             bar.update(len(examples))
     cm.reduce_from_all_processes()
     return cm.numpy()
-
-
-Predictor = Callable[[str, int, np.ndarray], torch.Tensor]  # (split, index, scan) -> H x W
-
-
-def predict_samples(
-    predictor: Predictor, sets: LabeledSets, cfg: EvalConfig
-) -> dict[str, np.ndarray]:
-    """Scan, truth and prediction (long side SAMPLE_SIZE) of evenly spaced images of each split;
-    the choice depends on the data only, so every init's run (and protocol) shows the same
-    images. `predictor(split, i, rgb)` gives image i's class map at its own size."""
-    arrays: dict[str, np.ndarray] = {}
-    names = []
-    for split, coco in sets.test.items():
-        picks = np.unique(np.linspace(0, len(coco.images) - 1, cfg.samples_per_split).round())
-        for i in picks.astype(int):
-            image = coco.images[i]
-            rgb, truth = load_example(coco, image)
-            pred = predictor(split, int(i), rgb).cpu().numpy().astype(np.uint8)
-            k = len(names)
-            arrays[f"scan_{k}"] = resize_long(rgb, SAMPLE_SIZE)
-            arrays[f"truth_{k}"] = resize_long(truth, SAMPLE_SIZE, nearest=True)
-            arrays[f"pred_{k}"] = resize_long(pred, SAMPLE_SIZE, nearest=True)
-            names.append(f"{split}:{image.file_name}")
-    arrays["names"] = np.array(names)
-    return arrays
-
-
-def data_summary(sets: LabeledSets) -> dict[str, Any]:
-    """What a run trained and scored on, for its config.json."""
-    return {
-        "train": str(sets.train.json_path),
-        "labeled_images": len(sets.labeled),
-        "train_images": len(sets.train.images),
-        "test": {
-            name: {"annotations": str(c.json_path), "images": len(c.images)}
-            for name, c in sets.test.items()
-        },
-        "classes": list(sets.label_names),
-    }
 
 
 def _log_summary(metrics: dict[str, Any]) -> None:

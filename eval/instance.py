@@ -1,18 +1,18 @@
 """Instance segmentation transfer: Mask R-CNN (ResNet-FPN) from one init, scored with COCO AP/AR.
 
-    evaluate --task instance --init random --data data/pidray --out runs/instance/random \
-        --set eval.instance.enabled=true
+    evaluate --task instance --init random --data data/pidray --out runs/instance/random
     evaluate --task instance --init runs/pretrain/segloc --out runs/instance/segloc   # params.yaml
     torchrun --nproc_per_node 4 -m eval.cli --task instance --init random --out runs/instance/random
 
 The recipe mirrors the semantic one (`eval.finetune`, docs/design.md §5.5): repeat r trains with
 seed eval.seed + r on the labeled subset of the train split for eval.instance.steps steps, then
 every test split is scored with pycocotools' COCOeval (bbox and segm: AP, AP50, AP75, APs/m/l,
-AR@1/10/100), the numbers the SegLoc, InsLoc and MoCo papers report. With eval.instance.enabled
-false (the default: one fine-tune costs minutes on a CPU) the command writes a stub run and
-trains nothing; `eval.instance_off` does that before this module (and torch) is imported.
+AR@1/10/100), the numbers the SegLoc, InsLoc and MoCo papers report. An opt-in command, not a
+pipeline stage: one fine-tune costs minutes on a CPU and its AP stays near 0 at that budget.
 
-OUT/metrics.json               task "instance"; per split each METRIC_KEYS entry as {mean, std, values}
+OUT/scores.json                task "instance"; per split each METRIC_KEYS entry as {mean, std, values}
+OUT/metrics.json               the headline: segm_AP and bbox_AP per split (percent, mean over
+                               repeats) and the library versions that made it
 OUT/config.json                resolved eval config, data paths, init
 OUT/predictions_{split}.json   repeat 0's detections as COCO results (original image/category ids,
                                masks as compressed RLE), re-scorable against the split's JSON
@@ -48,17 +48,20 @@ from eval.coco_eval import (
 )
 from eval.config import EvalConfig, InstanceConfig, load_eval_config, load_run_params
 from eval.data import MEAN, STD, LabeledSets, RankDraws, load_sets, resolve_data
-from eval.finetune import autocast, data_summary
+from eval.finetune import autocast
 from eval.inits import Init, resolve_init
+from eval.inputs import data_summary
 from eval.instance_data import InstanceDraws, collate, read_scan, to_tensor
-from eval.instance_off import TASK, run_config
 from eval.metrics import summarize
 from eval.model import load_resnet_body
+from eval.outputs import METRICS, SCORES
 from segloc import dist
 from segloc.atomic import atomic_dir, write_json
 from segloc.coco import CocoSet
 from segloc.dist import DistEnv
 from segloc.errors import UserError
+from segloc.params import to_dict
+from segloc.provenance import versions
 from segloc.schedule import poly, warmup
 
 log = logging.getLogger(__name__)
@@ -83,8 +86,7 @@ def main(
     params: str | Path | None = None,
     overrides: Iterable[str] = (),
 ) -> dict[str, Any] | None:
-    """Fine-tune and score (eval.instance.enabled is the command's switch, checked by
-    `eval.instance_off` first); returns the metrics document on rank 0 (None on other ranks)."""
+    """Fine-tune and score; returns the scores document on rank 0 (None on other ranks)."""
     env = dist.setup()
     try:
         resolved = load_run_params(params, overrides)
@@ -101,7 +103,10 @@ def main(
             threads,
         )
         truths = {name: ground_truth(coco) for name, coco in sets.test.items()}
-        results = [fine_tune_once(sets, truths, init_spec, cfg, r, env) for r in range(cfg.repeats)]
+        results = [
+            fine_tune_once(sets, truths, init_spec, cfg, r, env)
+            for r in range(cfg.instance.repeats)
+        ]
         if not env.main:
             return None
         config = run_config(cfg, init_spec) | {"world_size": env.world, "data": data_summary(sets)}
@@ -198,9 +203,11 @@ def train(
     )
     net = DistributedDataParallel(model) if env.world > 1 else model
     trained = [p for p in model.parameters() if p.requires_grad]  # trainable_layers froze the rest
-    opt = torch.optim.SGD(trained, lr=inst.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    opt = torch.optim.SGD(
+        trained, lr=inst.lr, momentum=inst.momentum, weight_decay=inst.weight_decay
+    )
     sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: warmup(s, inst.warmup_steps) * poly(s, inst.steps, cfg.poly_power)
+        opt, lambda s: warmup(s, inst.warmup_steps) * poly(s, inst.steps, inst.poly_power)
     )
     losses = []
     model.train()
@@ -259,7 +266,6 @@ def metrics_doc(results: list[InstanceResult], init: dict[str, Any]) -> dict[str
     }
     return {
         "task": TASK,
-        "enabled": True,
         "init": init["label"],
         "repeats": len(results),
         "seeds": [r.seed for r in results],
@@ -268,12 +274,33 @@ def metrics_doc(results: list[InstanceResult], init: dict[str, Any]) -> dict[str
     }
 
 
+TASK = "instance"
+
+
+def run_config(cfg: EvalConfig, init: Init) -> dict[str, Any]:
+    """The run's config.json: task, resolved eval section and init."""
+    return {"task": TASK, "eval": to_dict(cfg), "init": init.describe()}
+
+
+def instance_headline(doc: dict[str, Any]) -> dict[str, Any]:
+    """metrics.json: mask and box AP per split for `dvc metrics show`."""
+
+    def pct(split: str, key: str) -> float | None:
+        mean = doc["splits"][split][key]["mean"]
+        return None if mean is None else round(100 * mean, 2)
+
+    return {
+        key: {split: pct(split, key) for split in doc["splits"]} for key in ("segm_AP", "bbox_AP")
+    } | {"versions": versions()}
+
+
 def write_run(
     out: str | Path, results: list[InstanceResult], config: dict[str, Any]
 ) -> dict[str, Any]:
     metrics = metrics_doc(results, config["init"])
     with atomic_dir(out) as tmp:
-        write_json(tmp / "metrics.json", metrics)
+        write_json(tmp / SCORES, metrics)
+        write_json(tmp / METRICS, instance_headline(metrics))
         write_json(tmp / "config.json", config)
         for split, predictions in results[0].predictions.items():
             write_json(tmp / f"predictions_{split}.json", predictions)

@@ -1,7 +1,11 @@
-"""What a fine-tuning run writes, all at once into OUT (`segloc.atomic.atomic_dir`):
+"""What an evaluation run writes, all at once into OUT (`segloc.atomic.atomic_dir`):
 
-OUT/metrics.json                 per split (and "overall"): mIoU, mIoU_fg, mAcc, aAcc as
-                                 {mean, std, values} over repeats; per_class_iou means
+OUT/metrics.json                 the headline for `dvc metrics show`: fg_miou per split and
+                                 overall, miou overall (percent, mean over repeats), and the
+                                 library versions that made it (`segloc.provenance`)
+OUT/scores.json                  per split (and "overall"): mIoU, mIoU_fg, mAcc, aAcc as
+                                 {mean, std, values} over repeats; per_class_iou means; what the
+                                 report reads
 OUT/config.json                  resolved eval config, data paths, init
 OUT/confusion.json               pixel confusion matrices per split, summed over repeats
 OUT/plots/per_class_iou.json     records {split, class, iou} (means over repeats)
@@ -24,8 +28,11 @@ import torch
 
 from eval.metrics import scores, summarize
 from segloc.atomic import atomic_dir, write_json
+from segloc.provenance import versions
 
 OVERALL = "overall"  # all test splits pooled into one confusion matrix
+METRICS = "metrics.json"
+SCORES = "scores.json"
 SUMMARY_KEYS = ("mIoU", "mIoU_fg", "mAcc", "aAcc")
 RECORDS_PER_CLASS = 100
 
@@ -56,6 +63,20 @@ def metrics_doc(results: list[RepeatResult], names: tuple[str, ...], init: dict)
         "seeds": [r.seed for r in results],
         "splits": splits,
         "seconds_per_repeat": [r.seconds for r in results],
+    }
+
+
+def headline(doc: dict[str, Any]) -> dict[str, Any]:
+    """metrics.json: the few numbers worth a column in `dvc metrics show` (percent, 2 decimals)."""
+
+    def pct(split: str, key: str) -> float | None:
+        mean = doc["splits"][split][key]["mean"]
+        return None if mean is None else round(100 * mean, 2)
+
+    return {
+        "fg_miou": {split: pct(split, "mIoU_fg") for split in doc["splits"]},
+        "miou": {OVERALL: pct(OVERALL, "mIoU")} if OVERALL in doc["splits"] else {},
+        "versions": versions(),
     }
 
 
@@ -92,7 +113,8 @@ def write_run(
     metrics = metrics_doc(results, names, config["init"])
     summed = {s: sum(r.matrices[s] for r in results) for s in results[0].matrices}
     with atomic_dir(out) as tmp:
-        write_json(tmp / "metrics.json", metrics)
+        write_json(tmp / SCORES, metrics)
+        write_json(tmp / METRICS, headline(metrics))
         write_json(tmp / "config.json", config)
         write_json(
             tmp / "confusion.json",

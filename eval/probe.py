@@ -1,18 +1,21 @@
-"""Frozen-backbone probe: a light head on a backbone's stride-8 features, scored on every test split.
+"""Frozen-backbone probes: a head on a backbone's stride-8 features, scored on every test split.
 
-    evaluate --init runs/pretrain/segloc --out runs/eval/segloc          # eval.protocol: probe
-    evaluate --init random --out runs/eval/random --set eval.probe.epochs=80
+    evaluate --init runs/pretrain/segloc --out runs/eval/segloc/probe --protocol probe
+    evaluate --init random --out runs/eval/random/probe_mlp --protocol probe_mlp
 
 The backbone never trains (docs/design.md, evaluation protocols). Each scan is resized to long side
 eval.base_size and padded with air to a square, as fine-tuning scores it; the fused stride-8 map
 (`segloc.dense`: C3 + upsampled C4, C5) of every labeled train scan and every test scan is
 computed once, standardised per channel with the train scans' statistics, and kept in memory for
-every seed. Repeat r trains a 1x1-conv head (eval.probe) with seed eval.seed + r: its logits are
-upsampled to the input and trained with per-pixel cross-entropy (255 ignored), then scored on the
-original label pixels with the same confusion-matrix metrics as fine-tuning (`eval.outputs`).
-
-Random features score near zero here while a representation that separates the item classes
-scores high: the dynamic range that full fine-tuning on a CPU budget lacks.
+every seed. Repeat r trains a head with seed eval.seed + r: its logits are upsampled to the input
+and trained with per-pixel cross-entropy (255 ignored), then scored on the original label pixels
+with the same confusion-matrix metrics as fine-tuning (`eval.outputs`). Two heads:
+- `probe` (eval.probe): a 1x1 conv, the linear read-out;
+- `probe_mlp` (eval.probe_mlp): 1x1 conv to a few channels, two 3x3 conv-BN-ReLU layers and a 1x1
+  classifier, trained on randomly flipped and turned feature maps (with their labels). It sees
+  context and non-linear combinations, so it can use random features far better than a linear
+  head can: a representation that only a linear head prefers to random features is not yet
+  useful (docs/design.md §5).
 """
 
 from __future__ import annotations
@@ -31,14 +34,14 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from eval.config import EvalConfig, ProbeConfig
+from eval.config import EvalConfig, MlpProbeConfig, ProbeConfig
 from eval.data import (
     LabeledSets,
     load_example,
     resize_long,
 )
-from eval.finetune import data_summary, load_inputs, predict_samples, square_input
 from eval.inits import Init
+from eval.inputs import data_summary, load_inputs, predict_samples, square_input
 from eval.metrics import ConfusionMatrix
 from eval.model import build_trunk, load_resnet_body
 from eval.outputs import OVERALL, RepeatResult, write_run
@@ -74,13 +77,20 @@ def main(
     data: str | Path | None = None,
     params: str | Path | None = None,
     overrides: Iterable[str] = (),
+    protocol: str | None = None,
 ) -> dict[str, Any]:
-    """Run the probe protocol for one init; returns the metrics document."""
+    """Run a probe protocol (`probe` or `probe_mlp`; None: eval.protocol) for one init; returns
+    the scores document."""
     env = distributed.setup()
     try:
+        cfg, init_spec, sets, protocol = load_inputs(
+            init, data, params, overrides, env, protocol, kinds=("probe", "probe_mlp")
+        )
         if env.world > 1:
-            raise UserError("eval.protocol probe runs in one process: launch it without torchrun")
-        cfg, init_spec, sets = load_inputs(init, data, params, overrides, env, "probe")
+            raise UserError(
+                f"protocol {protocol.name} runs in one process: launch it without torchrun"
+            )
+        head_cfg = cfg.probe if protocol.kind == "probe" else cfg.probe_mlp
         start = time.perf_counter()
         trunk = frozen_trunk(init_spec, cfg, env.device)
         train = extract(trunk, sets.train, sets.labeled, cfg.base_size, env.device, labels=True)
@@ -93,11 +103,11 @@ def main(
         seconds = time.perf_counter() - start
         log.info("features: %d channels at stride 8, %.1f s", train.feats.shape[1], seconds)
         results = [
-            probe_once(train, tests, sets, cfg, cfg.seed + r, env.device, samples=r == 0)
-            for r in range(cfg.repeats)
+            probe_once(train, tests, sets, cfg, head_cfg, cfg.seed + r, env.device, r == 0)
+            for r in range(head_cfg.repeats)
         ]
         config = {
-            "protocol": "probe",
+            "protocol": protocol.name,
             "eval": to_dict(cfg),
             "init": init_spec.describe(),
             "world_size": 1,
@@ -186,25 +196,38 @@ def standardize(train: Features, others: Sequence[Features]) -> None:
         f.feats.sub_(mean).div_(std)
 
 
-def make_head(channels: int, classes: int, cfg: ProbeConfig, g: torch.Generator) -> nn.Module:
-    """1x1-conv head (linear, or one hidden layer with BN), initialised from `g`."""
-    if cfg.hidden == 0:
+def make_head(
+    channels: int, classes: int, cfg: ProbeConfig | MlpProbeConfig, g: torch.Generator
+) -> nn.Module:
+    """The linear head (eval.probe) or the small conv head (eval.probe_mlp), initialised from
+    `g`: weights uniform in +-1/sqrt(fan_in) (nn.Conv2d's default range), biases zero."""
+    if isinstance(cfg, ProbeConfig):
         head = nn.Sequential(nn.Conv2d(channels, classes, 1))
     else:
+        h = cfg.hidden
         head = nn.Sequential(
-            nn.Conv2d(channels, cfg.hidden, 1, bias=False),
-            nn.BatchNorm2d(cfg.hidden),
-            nn.ReLU(inplace=True),
-            nn.Conv2d(cfg.hidden, classes, 1),
+            nn.Conv2d(channels, h, 1, bias=False),
+            *_conv_bn_relu(h),
+            *_conv_bn_relu(h),
+            nn.Conv2d(h, classes, 1),
         )
     with torch.no_grad():
         for m in head.modules():
             if isinstance(m, nn.Conv2d):
-                bound = 1.0 / math.sqrt(m.in_channels)  # nn.Conv2d's default range, seeded
+                fan_in = m.in_channels * m.kernel_size[0] * m.kernel_size[1]
+                bound = 1.0 / math.sqrt(fan_in)
                 m.weight.uniform_(-bound, bound, generator=g)
                 if m.bias is not None:
                     m.bias.zero_()
     return head
+
+
+def _conv_bn_relu(width: int) -> list[nn.Module]:
+    return [
+        nn.Conv2d(width, width, 3, padding=1, bias=False),
+        nn.BatchNorm2d(width),
+        nn.ReLU(inplace=True),
+    ]
 
 
 def probe_once(
@@ -212,12 +235,13 @@ def probe_once(
     tests: dict[str, Features],
     sets: LabeledSets,
     cfg: EvalConfig,
+    head_cfg: ProbeConfig | MlpProbeConfig,
     seed: int,
     device: torch.device,
     samples: bool = False,
 ) -> RepeatResult:
     start = time.perf_counter()
-    head, losses = train_head(train, len(sets.label_names), cfg, seed, device)
+    head, losses = train_head(train, len(sets.label_names), head_cfg, seed, device)
     trained = time.perf_counter()
     matrices = {
         name: score(head, tests[name], len(sets.label_names), cfg.base_size) for name in sets.test
@@ -236,10 +260,14 @@ def probe_once(
 
 
 def train_head(
-    train: Features, classes: int, cfg: EvalConfig, seed: int, device: torch.device
+    train: Features,
+    classes: int,
+    p: ProbeConfig | MlpProbeConfig,
+    seed: int,
+    device: torch.device,
 ) -> tuple[nn.Module, list[float]]:
-    """AdamW with cosine-decayed lr for eval.probe.epochs passes; returns the head and its losses."""
-    p = cfg.probe
+    """AdamW with cosine-decayed lr for `p.epochs` passes; returns the head and its losses."""
+    augment = getattr(p, "augment", False)
     g = torch.Generator().manual_seed(seed)
     head = make_head(train.feats.shape[1], classes, p, g).to(device)
     opt = torch.optim.AdamW(head.parameters(), lr=p.lr, weight_decay=p.weight_decay)
@@ -251,9 +279,12 @@ def train_head(
     for _ in tqdm(range(p.epochs), desc=f"probe seed {seed}", leave=False):
         order = torch.randperm(n, generator=g)
         for first in range(0, n, p.batch_size):
-            idx = order[first : first + p.batch_size].to(device)
-            logits = upsample(head(train.feats[idx]), train.labels.shape[-1])
-            loss = F.cross_entropy(logits, train.labels[idx].long(), ignore_index=IGNORE)
+            idx = order[first : first + p.batch_size]
+            feats, labels = train.feats[idx.to(device)], train.labels[idx.to(device)]
+            if augment:
+                feats, labels = dihedral(feats, labels, g)
+            logits = upsample(head(feats), labels.shape[-1])
+            loss = F.cross_entropy(logits, labels.long(), ignore_index=IGNORE)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -261,6 +292,23 @@ def train_head(
             losses.append(loss.item())
     head.eval()
     return head, losses
+
+
+def dihedral(
+    feats: torch.Tensor, labels: torch.Tensor, g: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each scan's feature map (B x F x g x g) and class map (B x b x b) under one of the square's
+    eight symmetries (a turn by k right angles, then a mirror or not), drawn from `g`. Both grids
+    are centred on the same padded input square, so they stay aligned."""
+    draws = torch.randint(0, 8, (feats.shape[0],), generator=g).tolist()
+    out_f, out_l = [], []
+    for i, t in enumerate(draws):
+        f, lab = feats[i].rot90(t % 4, (-2, -1)), labels[i].rot90(t % 4, (-2, -1))
+        if t >= 4:
+            f, lab = f.flip(-1), lab.flip(-1)
+        out_f.append(f)
+        out_l.append(lab)
+    return torch.stack(out_f), torch.stack(out_l)
 
 
 def upsample(logits: torch.Tensor, side: int) -> torch.Tensor:

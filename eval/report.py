@@ -1,23 +1,25 @@
-"""Compare evaluation runs (one per init and protocol) in reports/results.md and results.json.
+"""Compare evaluation runs (one per init and read-out) in reports/results.md and results.json.
 
-    evaluate report --runs 'runs/eval/*' --pretrain 'runs/pretrain/*' --out reports
+    evaluate report --runs 'runs/eval/*/*' --pretrain 'runs/pretrain/*' --out reports
 
-Reads each run's metrics.json, config.json and samples.npz (`eval.outputs`) and each pretraining
-run's backbone.json and plots/train.tsv (missing ones are skipped). Runs are grouped by the
-protocol their config.json names (probe, finetune); each group gets its own tables. Writes, each
-file atomically:
+Reads each run's scores.json, config.json and samples.npz (`eval.outputs`) and each pretraining
+run's backbone.json, metrics.json and plots (missing ones are skipped). Runs are grouped by the
+read-out their config.json names (probe, probe_mlp, finetune, finetune_<N>pct). Writes, each file
+atomically:
 
-    results.md           per protocol: foreground mIoU and mIoU tables (mean ± std over repeats,
-                         n), differences to random init with their standard error, per-class IoU,
-                         and the settings behind them; with instance runs (`evaluate --task
-                         instance`) also COCO AP/AR tables
+    results.md           every read-out side by side (overall foreground mIoU, the margin over
+                         random init ± its standard error, and whether an init beats random init
+                         beyond 2 SE under every read-out: the only claim it makes); then per
+                         read-out: foreground mIoU and mIoU tables (mean ± std over repeats, n),
+                         differences to random init, per-class IoU, and the settings; with
+                         instance runs (`evaluate --task instance`) also COCO AP/AR tables
     results.json         the same numbers: protocol -> init -> split -> miou / fg_miou ->
-                         {mean, std, n}, in percent (`results_doc`)
-    miou.png             foreground mIoU per init and split with ± std error bars
-    per_class_iou.png    heatmap init x class (all test splits pooled)
-    pretrain_loss.png    pretraining loss curves
+                         {mean, std, n}, in percent, and pretrain -> run -> knn_acc (`results_doc`)
+    miou.png             overall foreground mIoU of every init under every read-out
+    per_class_iou.png    heatmap init x class under fine-tuning (else the first read-out)
     qualitative.png      scan, ground truth and each init's prediction on the same test images
-    (a second protocol's figures carry its name: miou_finetune.png, ...)
+    pretrain_loss.png    pretraining loss curves
+    knn.png              the monitor's held-out kNN accuracy over pretraining steps
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from eval.coco_eval import REPORTED
-from eval.figures import plot_knn, plot_miou, plot_per_class, plot_pretrain_loss, plot_samples
+from eval.figures import plot_knn, plot_per_class, plot_pretrain_loss, plot_readouts, plot_samples
 from eval.outputs import OVERALL
 from eval.runs import (
     RANDOM,
@@ -44,56 +46,73 @@ from eval.runs import (
     split_names,
 )
 from segloc.atomic import atomic_path, write_json, write_text
-from segloc.errors import UserError
 
 log = logging.getLogger(__name__)
 
 
-PROTOCOL_TITLES = {
-    "probe": "Frozen-backbone probe (eval.protocol probe)",
-    "finetune": "Full fine-tuning (eval.protocol finetune)",
-}
+PROTOCOL_ORDER = ("probe", "probe_mlp", "finetune")
+
+
+def protocol_title(name: str) -> str:
+    """Section title of a read-out (`eval.config.parse_protocol` names)."""
+    titles = {
+        "probe": "Linear probe: a 1x1 conv on the frozen stride-8 features (probe)",
+        "probe_mlp": "Non-linear probe: a small conv head on the frozen features (probe_mlp)",
+        "finetune": "Fine-tuning, every labeled scan: the paper's protocol (finetune)",
+    }
+    if name in titles:
+        return titles[name]
+    if name.startswith("finetune_") and name.endswith("pct"):
+        return f"Fine-tuning on {name[9:-3]} % of the labeled scans ({name})"
+    return name
+
+
+def protocol_key(name: str) -> tuple:
+    """Read-outs in a fixed order: the two probes, fine-tuning, then low-label fine-tuning by
+    falling label share."""
+    if name in PROTOCOL_ORDER:
+        return (PROTOCOL_ORDER.index(name), 0.0, name)
+    if name.startswith("finetune_") and name.endswith("pct"):
+        try:
+            return (len(PROTOCOL_ORDER), -float(name[9:-3]), name)
+        except ValueError:
+            pass
+    return (len(PROTOCOL_ORDER) + 1, 0.0, name)
 
 
 def main(runs: Iterable[str], pretrain: Iterable[str], out: str | Path) -> Path:
     every = [load_run(p) for p in expand(runs, "--runs")]
     semantic = by_protocol([r for r in every if r.task != "instance"])
-    instance = label_runs([r for r in every if r.task == "instance" and r.metrics["splits"]])
-    for r in every:
-        if r.task == "instance" and not r.metrics["splits"]:
-            log.info("%s: instance run with eval.instance.enabled false, left out", r.path)
-    if not semantic and not instance:
-        raise UserError("--runs: no run with scores (instance runs were all disabled)")
+    instance = label_runs([r for r in every if r.task == "instance"])
     pre = [load_pretrain(p) for p in expand(pretrain, "--pretrain", required=False)]
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    figures = {"pretrain_loss.png": plot_pretrain_loss(pre), "knn.png": plot_knn(pre)}
-    per_protocol = {}
-    for i, (protocol, group) in enumerate(semantic.items()):
-        suffix = "" if i == 0 else f"_{protocol}"  # the first protocol's figures keep plain names
-        mine = {
-            f"miou{suffix}.png": plot_miou(group),
-            f"per_class_iou{suffix}.png": plot_per_class(group),
-            f"qualitative{suffix}.png": plot_samples(group),
-        }
-        per_protocol[protocol] = [n for n, f in mine.items() if f is not None]
-        figures |= mine
+    # A fixed set of figures (dvc.yaml lists them): every read-out side by side; per-class IoU and
+    # predictions under the paper's protocol (fine-tuning) when it ran, else the first read-out.
+    ref = semantic.get("finetune") or next(iter(semantic.values()), [])
+    figures = {
+        "miou.png": plot_readouts(semantic) if semantic else None,
+        "per_class_iou.png": plot_per_class(ref) if ref else None,
+        "qualitative.png": plot_samples(ref) if ref else None,
+        "pretrain_loss.png": plot_pretrain_loss(pre),
+        "knn.png": plot_knn(pre),
+    }
     for name, fig in figures.items():
         if fig is not None:
             with atomic_path(out / name) as tmp:
                 fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
-    shown = [n for n in ("pretrain_loss.png", "knn.png") if figures[n] is not None]
+    shown = [n for n, f in figures.items() if f is not None]
     write_json(out / "results.json", results_doc(semantic, pre))
-    md = render_markdown(semantic, pre, per_protocol, instance, shown)
+    md = render_markdown(semantic, pre, instance, shown)
     write_text(out / "results.md", md)
     log.info("wrote %s (%d runs, %d pretraining runs)", out / "results.md", len(every), len(pre))
     return out / "results.md"
 
 
 def by_protocol(runs: list[Run]) -> dict[str, list[Run]]:
-    """Semantic runs grouped by evaluation protocol, probe first, each group labeled apart."""
-    groups = {p: label_runs([r for r in runs if r.protocol == p]) for p in PROTOCOL_TITLES}
-    return {p: g for p, g in groups.items() if g}
+    """Semantic runs grouped by read-out (probes first), each group labeled apart."""
+    names = sorted({r.protocol for r in runs}, key=protocol_key)
+    return {p: label_runs([r for r in runs if r.protocol == p]) for p in names}
 
 
 def results_doc(semantic: dict[str, list[Run]], pre: list[Pretrain] = ()) -> dict[str, Any]:
@@ -197,32 +216,112 @@ def settings_diff(runs: list[Run]) -> list[str]:
     return sorted({k for r in runs[1:] for k, v in r.config["eval"].items() if first.get(k) != v})
 
 
+def margin(a: dict[str, Any], b: dict[str, Any]) -> tuple[float, float | None] | None:
+    """(difference of means, its standard error sqrt(s1²/n1 + s2²/n2), or None when either side
+    has no spread) of two results.json cells {mean, std, n}; None when a mean is missing."""
+    if a["mean"] is None or b["mean"] is None:
+        return None
+    diff = a["mean"] - b["mean"]
+    if a["std"] is None or b["std"] is None:
+        return diff, None
+    return diff, math.sqrt(a["std"] ** 2 / a["n"] + b["std"] ** 2 / b["n"])
+
+
+def beats(m: tuple[float, float | None] | None) -> bool:
+    """A margin counts as a win only beyond two standard errors (never with no spread)."""
+    return m is not None and m[1] is not None and m[0] > 2 * m[1]
+
+
+def _cell(c: dict[str, Any]) -> str:
+    if c["mean"] is None:
+        return "n/a"
+    std = f" ± {c['std']:.1f}" if c["std"] is not None else ""
+    return f"{c['mean']:.1f}{std}"
+
+
+def side_by_side(doc: dict[str, Any], protocols: list[str], base: str = RANDOM) -> str | None:
+    """One row per init, one column per read-out of a results.json-shaped `doc` (overall
+    foreground mIoU, mean ± std, and the margin over `base` ± its standard error), and whether
+    the init beats `base` beyond 2 SE under every read-out: the only claim reports make."""
+    inits = list(dict.fromkeys(i for p in protocols for i in doc.get(p, {})))
+    if not inits:
+        return None
+    inits.sort(key=lambda i: i != base)
+    rows = []
+    for init in inits:
+        cells, wins, untested = [], [], []
+        for protocol in protocols:
+            runs = doc.get(protocol, {})
+            if init not in runs:
+                cells.append("–")
+                wins.append(False)
+                continue
+            mine = runs[init][OVERALL]["fg_miou"]
+            cell = _cell(mine) + f" (n={mine['n']})"
+            # A read-out without `base` cannot be won: no margin, no win.
+            wins.append(False)
+            if init != base and base in runs:
+                m = margin(mine, runs[base][OVERALL]["fg_miou"])
+                wins[-1] = beats(m)
+                if m is not None:
+                    cell += f", {m[0]:+.1f}" + (f" ± {m[1]:.1f}" if m[1] is not None else "")
+                    if m[1] is None and m[0] > 0:
+                        untested.append(protocol)
+            cells.append(cell)
+        verdict = "–" if init == base else _verdict(wins, untested)
+        rows.append([init, *cells, verdict])
+    return _table(["init", *protocols, f"beats {base} under every read-out"], rows)
+
+
+def _verdict(wins: list[bool], untested: list[str]) -> str:
+    """yes: beyond 2 SE under every read-out; no: behind, or within 2 SE, under one that has a
+    spread; untested: ahead, but a read-out has n=1 on a side (no standard error)."""
+    if all(wins):
+        return "**yes**"
+    if untested and sum(wins) + len(untested) == len(wins):
+        return f"untested (n=1 under {', '.join(untested)})"
+    return "no"
+
+
+SIDE_BY_SIDE_GUIDE = (
+    "Foreground mIoU (%) of the 12 item classes, all test splits pooled, mean ± sample std over "
+    "each read-out's repeats (n), then the difference to random init ± its standard error. "
+    "An init beats random init only where the difference exceeds two standard errors under "
+    "every read-out: a linear probe alone can favour a representation that is not yet useful.\n"
+)
+
+
 def render_markdown(
     semantic: dict[str, list[Run]],
     pre: list[Pretrain],
-    figures: dict[str, list[str]],
     instance: list[Run] | None = None,
-    other_figures: list[str] = (),
+    figures: list[str] = (),
 ) -> str:
-    """Semantic runs (mIoU) per protocol, with that protocol's `figures`, and/or `instance`
-    runs (COCO AP/AR); `other_figures` (the pretraining curves) after them."""
+    """Every read-out side by side, then each read-out's tables (semantic runs, mIoU), the
+    pretraining monitor, instance runs (COCO AP/AR) and the settings; `figures` are the files
+    written beside it (`main`)."""
     parts = ["# Segmentation transfer results\n"]
+    table = side_by_side(results_doc(semantic), list(semantic)) if semantic else None
+    if table:
+        parts += ["## Every read-out side by side\n", SIDE_BY_SIDE_GUIDE, table]
+    parts += [f"![{name}]({name})\n" for name in figures if name in FIGURES_TOP]
     for protocol, runs in semantic.items():
-        parts += [f"## {PROTOCOL_TITLES[protocol]}\n", *_semantic_parts(runs)]
-        parts += [f"![{name}]({name})\n" for name in figures.get(protocol, [])]
+        parts += [f"## {protocol_title(protocol)}\n", *_semantic_parts(runs)]
     monitor = monitor_table(pre)
     if monitor:
         parts += ["## Pretraining monitor\n", MONITOR_GUIDE, monitor]
-    parts += [f"![{name}]({name})\n" for name in other_figures]
+    parts += [f"![{name}]({name})\n" for name in figures if name not in FIGURES_TOP]
     if instance:
         parts += instance_parts(instance)
     for protocol, runs in semantic.items():
-        parts.append(_eval_settings(runs, PROTOCOL_TITLES[protocol]))
+        parts.append(_eval_settings(runs, protocol_title(protocol)))
     if instance:
         parts.append(_eval_settings(instance, "Instance segmentation"))
     parts.append(_pretrain_settings(pre))
     return "\n".join(parts)
 
+
+FIGURES_TOP = ("miou.png", "per_class_iou.png", "qualitative.png")
 
 MONITOR_GUIDE = (
     "Held-out instances (shard samples never trained on), embedded by the mask average of the "
@@ -320,11 +419,12 @@ def instance_parts(runs: list[Run]) -> list[str]:
 
 def _reading_guide(runs: list[Run]) -> str:
     n = sorted({r.metrics["repeats"] for r in runs})
-    how = (
-        "Each init's backbone is frozen and a 1x1-conv head is trained on its stride-8 features"
-        if runs[0].protocol == "probe"
-        else "Each init is fine-tuned"
-    )
+    how = {
+        "probe": "Each init's backbone is frozen and a 1x1-conv head is trained on its stride-8 "
+        "features",
+        "probe_mlp": "Each init's backbone is frozen and a small conv head is trained on its "
+        "stride-8 features, with flips and turns",
+    }.get(runs[0].protocol, "Each init is fine-tuned")
     return (
         f"{how} with the same recipe and labels, repeated with seeds "
         f"eval.seed + 0..n-1 (n = {', '.join(map(str, n))}); cells are mean ± sample std over "

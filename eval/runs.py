@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from eval.outputs import OVERALL
+from eval.outputs import OVERALL, SCORES
 from segloc.backbone_card import WEIGHTS, card_label, read_card
 from segloc.errors import UserError
 
@@ -80,7 +80,7 @@ def expand(patterns: Iterable[str], option: str, required: bool = True) -> list[
 
 
 def load_run(path: Path) -> Run:
-    metrics, config = _read_json(path / "metrics.json"), _read_json(path / "config.json")
+    metrics, config = _read_json(path / SCORES), _read_json(path / "config.json")
     try:
         label = str(config["init"]["label"])
         splits = metrics["splits"]
@@ -88,7 +88,7 @@ def load_run(path: Path) -> Run:
         _ = [splits[s][key]["mean"] for s in splits]
     except (KeyError, TypeError) as err:
         raise UserError(
-            f"{path}: metrics.json/config.json lack key {err} (not an evaluate run?)"
+            f"{path}: {SCORES}/config.json lack key {err} (not an evaluate run?)"
         ) from err
     samples_path = path / "samples.npz"
     samples = dict(np.load(samples_path)) if samples_path.is_file() else None

@@ -11,10 +11,12 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 TINY = (
     "data.demo.scale=tiny synth.num_shards=2 synth.samples_per_shard=16 synth.canvas=64 "
-    "pretrain.steps=3 pretrain.batch_size=4 pretrain.workers=1 pretrain.shuffle_buffer=16 "
-    "pretrain.monitor.holdout=4 pretrain.monitor.every=0 pretrain.augment.crop=48 "
-    "eval.repeats=2 eval.steps=2 eval.batch_size=2 eval.crop_size=48 eval.base_size=64 "
-    "eval.probe.epochs=2 eval.probe.batch_size=4 eval.workers=0 eval.threads=1 "
+    "pretrain.steps=3 pretrain.batch_size=4 pretrain.streams=1 pretrain.workers=1 "
+    "pretrain.shuffle_buffer=16 pretrain.monitor.holdout=4 pretrain.monitor.every=0 "
+    "pretrain.augment.crop=48 eval.finetune.repeats=2 eval.finetune.steps=2 "
+    "eval.finetune.batch_size=2 eval.finetune.crop_size=48 eval.base_size=64 "
+    "eval.probe.epochs=2 eval.probe.batch_size=4 eval.probe.repeats=2 eval.probe_mlp.epochs=1 "
+    "eval.probe_mlp.batch_size=4 eval.probe_mlp.repeats=2 eval.workers=0 eval.threads=1 "
     "eval.samples_per_split=1"
 )
 
@@ -36,13 +38,14 @@ def _run(tmp_path: Path, profile: Path) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.slow
-def test_gpu_profile_runs_both_protocols_for_every_arm(tmp_path):
+def test_gpu_profile_runs_every_readout_for_every_arm(tmp_path):
     done = _run(tmp_path, ROOT / "configs" / "gpu.yaml")
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     report = tmp_path / "out" / "reports" / "gpu"
     doc = json.loads((report / "results.json").read_text())
     inits = {"random", "segloc", "segloc-single", "supervised"}  # the profile's arms + random
-    assert set(doc["probe"]) == inits and set(doc["finetune"]) == inits
+    for protocol in ("probe", "probe_mlp", "finetune", "finetune_10pct"):
+        assert set(doc[protocol]) == inits, protocol
     assert doc["probe"]["segloc"]["overall"]["fg_miou"]["n"] == 2
     md = (report / "results.md").read_text()
     assert md.startswith("# GPU profile of the embedded default")

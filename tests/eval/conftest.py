@@ -72,15 +72,20 @@ def pidray(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def tiny() -> list[str]:
-    """Fast recipe for tests: a few steps on tiny crops, two repeats so std is defined."""
+    """Fast fine-tuning recipe for tests: a few steps on tiny crops, two repeats so std is
+    defined. FCN with SGD (the GPU recipe's head and optimizer); the fused head with AdamW, the
+    CPU default, has its own test."""
     return [
         "eval.protocol=finetune",
-        "eval.steps=3",
-        "eval.batch_size=2",
-        "eval.crop_size=48",
+        "eval.finetune.head=fcn",
+        "eval.finetune.optimizer=sgd",
+        "eval.finetune.lr=0.02",
+        "eval.finetune.steps=3",
+        "eval.finetune.batch_size=2",
+        "eval.finetune.crop_size=48",
         "eval.base_size=64",
-        "eval.repeats=2",
-        "eval.output_stride=32",
+        "eval.finetune.repeats=2",
+        "eval.finetune.output_stride=32",
         "eval.samples_per_split=1",
         "eval.threads=1",  # one thread: tiny tensors, and no spinning threads on a busy machine
     ]
@@ -88,13 +93,28 @@ def tiny() -> list[str]:
 
 @pytest.fixture
 def tiny_probe() -> list[str]:
-    """Fast probe recipe: a few epochs on 64-px inputs, two repeats so std is defined."""
+    """Fast linear-probe recipe: a few epochs on 64-px inputs, two repeats so std is defined."""
     return [
         "eval.protocol=probe",
         "eval.probe.epochs=3",
         "eval.probe.batch_size=4",
         "eval.base_size=64",
-        "eval.repeats=2",
+        "eval.probe.repeats=2",
+        "eval.samples_per_split=1",
+        "eval.threads=1",
+    ]
+
+
+@pytest.fixture
+def tiny_probe_mlp() -> list[str]:
+    """Fast non-linear probe recipe: a narrow conv head, a few augmented epochs, two repeats."""
+    return [
+        "eval.protocol=probe_mlp",
+        "eval.probe_mlp.epochs=3",
+        "eval.probe_mlp.batch_size=4",
+        "eval.probe_mlp.hidden=8",
+        "eval.base_size=64",
+        "eval.probe_mlp.repeats=2",
         "eval.samples_per_split=1",
         "eval.threads=1",
     ]

@@ -9,20 +9,22 @@ from pathlib import Path
 import torch
 
 from eval import finetune
-from eval.config import EvalConfig
+from eval.config import EvalConfig, FinetuneConfig
 from eval.data import load_sets, resolve_data
 from eval.model import build_model
 from segloc import dist
 from segloc.atomic import write_json
 
-SCORE_CFG = EvalConfig(base_size=64, output_stride=32)
+SCORE_CFG = EvalConfig(base_size=64, finetune=FinetuneConfig(output_stride=32))
 TINY = [
-    "eval.steps=2",
-    "eval.batch_size=2",
-    "eval.crop_size=48",
+    "eval.finetune.head=fcn",
+    "eval.finetune.optimizer=sgd",
+    "eval.finetune.steps=2",
+    "eval.finetune.batch_size=2",
+    "eval.finetune.crop_size=48",
     "eval.base_size=64",
-    "eval.repeats=1",
-    "eval.output_stride=32",
+    "eval.finetune.repeats=1",
+    "eval.finetune.output_stride=32",
     "eval.samples_per_split=1",
     "eval.threads=1",
 ]
@@ -44,7 +46,7 @@ def main(data: str, out: str) -> None:
     matrices = score(load_sets(resolve_data({}, data)), env)
     if env.main:
         write_json(Path(out) / "scores.json", {"world": env.world, "matrices": matrices})
-    finetune.main("random", Path(out) / "run", data=data, overrides=TINY)
+    finetune.main("random", Path(out) / "run", data=data, overrides=TINY, protocol="finetune")
 
 
 if __name__ == "__main__":

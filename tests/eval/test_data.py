@@ -12,7 +12,7 @@ from eval.data import (
     resolve_data,
     scale_crop_flip,
 )
-from segloc.config import pidray_splits
+from segloc.config import CocoSplit, pidray_splits
 from segloc.errors import UserError
 from segloc.splits import labeled_subset
 from tests.eval.conftest import CLASSES
@@ -140,9 +140,20 @@ def test_images_are_checked_before_training(pidray):
 
 
 def test_resolve_data_from_params_and_root(pidray):
-    with pytest.raises(UserError, match="give the labeled set's folder with --data"):
-        resolve_data({}, None)
+    # No data section: the embedded demo's paths, as params.yaml names them (read only later).
+    demo = resolve_data({}, None)
+    assert demo.train == CocoSplit(
+        "data/demo/pidray/train", "data/demo/pidray/annotations/xray_train.json"
+    )
+    assert list(demo.test) == ["easy", "hard", "hidden"]
+    assert demo.test["hard"].annotations == "data/demo/pidray/annotations/xray_test_hard.json"
+    assert (demo.label_fraction, demo.split_seed) == (1.0, 0)
+    with pytest.raises(UserError, match="params data.test: no test splits"):
+        resolve_data({"data": {"test": {}}}, None)
     train, tests = pidray_splits(pidray)
+    bare = resolve_data({}, pidray)  # --data alone: the root's splits, the default labeled split
+    assert bare.train == train and bare.test == tests
+    assert (bare.label_fraction, bare.split_seed) == (1.0, 0)
     params = {
         "data": {
             "foreground": {"annotations": train.annotations, "images": train.images},

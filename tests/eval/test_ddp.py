@@ -28,5 +28,11 @@ def test_two_process_scores_equal_one_process(pidray, tmp_path):
     # A 2-process fine-tune writes the same outputs, once.
     config = json.loads((tmp_path / "ddp" / "run" / "config.json").read_text())
     assert config["world_size"] == 2
-    metrics = json.loads((tmp_path / "ddp" / "run" / "metrics.json").read_text())
-    assert metrics["splits"]["overall"]["mIoU"]["mean"] is not None
+    assert config["protocol"] == "finetune"
+    scores = json.loads((tmp_path / "ddp" / "run" / "scores.json").read_text())
+    assert scores["splits"]["overall"]["mIoU"]["mean"] is not None
+    assert scores["repeats"] == 1 and scores["seeds"] == [0]
+    headline = json.loads((tmp_path / "ddp" / "run" / "metrics.json").read_text())
+    assert headline["miou"]["overall"] == round(
+        100 * scores["splits"]["overall"]["mIoU"]["mean"], 2
+    )
