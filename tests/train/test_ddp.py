@@ -23,6 +23,7 @@ def test_two_ranks_keep_identical_queues(tiny_shards, tmp_path):
     assert torch.equal(a["count"], b["count"])
     assert int(a["count"].sum()) == round(a["metrics"]["pairs_per_step"] * 3 * 2) > 0
     assert a["metrics"]["queues_identical_across_ranks"] is True
+    stats = json.loads((tmp_path / "stats.json").read_text())
+    assert stats["world_size"] == 2 and stats["steps"] == 3
     metrics = json.loads((tmp_path / "metrics.json").read_text())
-    assert metrics["world_size"] == 2 and metrics["steps"] == 3
     assert 0 <= metrics["knn_acc"] <= 100 and metrics["chance_loss"] > 0  # rank 0's monitor
