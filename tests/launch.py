@@ -23,3 +23,20 @@ def torchrun(target: list[str], cwd: Path, nproc: int = 2, timeout: int = 300) -
     cmd += ["--nproc_per_node", str(nproc), *target]
     done = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
     assert done.returncode == 0, done.stderr[-3000:]
+
+
+def dvc(cwd: Path, *args: str, timeout: int = 900) -> subprocess.CompletedProcess:
+    """`dvc ARGS` in `cwd` with this install's console scripts first on PATH (stage commands)."""
+    env = os.environ | {
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "DVC_NO_ANALYTICS": "1",
+        "OMP_NUM_THREADS": "1",
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "dvc", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )

@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.launch import dvc as run_dvc
+
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("segloc", "synth", "train", "eval")
 
@@ -193,21 +195,9 @@ def test_changing_runtime_only_keys_leaves_nothing_to_run(tmp_path):
     for key, value in TINY.items():
         _set(params, key, value)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    env = os.environ | {
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-        "DVC_NO_ANALYTICS": "1",
-        "OMP_NUM_THREADS": "1",
-    }
 
     def dvc(*args):
-        done = subprocess.run(
-            [sys.executable, "-m", "dvc", *args],
-            cwd=tmp_path,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=900,
-        )
+        done = run_dvc(tmp_path, *args)
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
         return done.stdout + done.stderr
 

@@ -253,33 +253,26 @@ def test_bad_inputs_end_in_one_clear_message(pidray, tmp_path, tiny):
         "r18.pth: ImageNet weights file not found",
         "never downloads",
     )
-    _one_line_error(
-        _run(["--init", "random", *base, "--set", "eval.finetune.stepz=3"]),
-        "--set eval.finetune.stepz: unknown key",
-    )
-    # The recipe's keys moved under eval.finetune: the old top-level ones fail loudly.
-    _one_line_error(
-        _run(["--init", "random", *base, "--set", "eval.steps=3"]),
-        "--set eval.steps: unknown key",
-    )
-    _one_line_error(
-        _run(["--init", "random", *base, "--set", "eval.finetune.repeats=0"]),
-        "params eval.finetune.repeats: expected a positive number",
-    )
-    _one_line_error(
-        _run(["--init", "random", *base, "--set", "eval.finetune.cat_max_ratio=1.5"]),
-        "params eval.finetune.cat_max_ratio: expected 0 < ratio <= 1",
-    )
-    _one_line_error(
-        _run(["--init", "random", *base, "--protocol", "finetune_10"]),
-        "--protocol",
-        "'finetune_10' is no protocol",
-    )
-    _one_line_error(
-        _run(["--init", "random", *base, "--set", "eval.finetune_protocols=[probe]"]),
-        "params eval.finetune_protocols[0]",
-        "not a fine-tuning protocol",
-    )
+    random = ["--init", "random", *base]
+    for extra, fragments in (
+        (["--set", "eval.finetune.stepz=3"], ["--set eval.finetune.stepz: unknown key"]),
+        # The recipe's keys moved under eval.finetune: the old top-level ones fail loudly.
+        (["--set", "eval.steps=3"], ["--set eval.steps: unknown key"]),
+        (
+            ["--set", "eval.finetune.repeats=0"],
+            ["params eval.finetune.repeats: expected a positive number"],
+        ),
+        (
+            ["--set", "eval.finetune.cat_max_ratio=1.5"],
+            ["params eval.finetune.cat_max_ratio: expected 0 < ratio <= 1"],
+        ),
+        (["--protocol", "finetune_10"], ["--protocol", "'finetune_10' is no protocol"]),
+        (
+            ["--set", "eval.finetune_protocols=[probe]"],
+            ["params eval.finetune_protocols[0]", "not a fine-tuning protocol"],
+        ),
+    ):
+        _one_line_error(_run([*random, *extra]), *fragments)
     # No --data and no params file: the embedded demo's paths, which are not here.
     _one_line_error(_run(["--init", "random", "--out", out]), "data/demo/pidray")
     _one_line_error(_run(["--init", "random"]), "--init and --out are required")

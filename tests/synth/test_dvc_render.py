@@ -1,14 +1,13 @@
 """The project's own dvc.yaml, run for its first two stages on tiny data."""
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
+
+from tests.launch import dvc as run_dvc
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -25,20 +24,9 @@ def test_render_stage_runs_with_background_labels_null(tmp_path):
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     for name in ("segloc", "synth"):  # the stage's code deps, as they are in the project
         shutil.copytree(ROOT / name, tmp_path / name, ignore=shutil.ignore_patterns("__pycache__"))
-    env = os.environ | {
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-        "DVC_NO_ANALYTICS": "1",
-    }
 
     def dvc(*args):
-        return subprocess.run(
-            [sys.executable, "-m", "dvc", *args],
-            cwd=tmp_path,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
+        return run_dvc(tmp_path, *args, timeout=300)
 
     assert dvc("init", "--no-scm").returncode == 0
     done = dvc("repro", "render")
