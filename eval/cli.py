@@ -13,10 +13,13 @@ The stages themselves live in `eval.probe`, `eval.finetune`, `eval.instance` and
 from __future__ import annotations
 
 import logging
+import os
+from pathlib import Path
 
 import click
 
 from segloc.errors import UserError
+from segloc.runlock import hold
 
 
 @click.group(invoke_without_command=True)
@@ -79,6 +82,14 @@ def main(ctx: click.Context, task, init, data, out, protocol, params, overrides,
         return
     if not init or not out:
         raise UserError("--init and --out are required (see evaluate --help)")
+    if int(os.environ.get("RANK", "0")) == 0:  # one lock per job, held by rank 0
+        with hold(Path(out), "evaluate", beside=True):
+            _run(task, init, data, out, protocol, params, overrides)
+    else:
+        _run(task, init, data, out, protocol, params, overrides)
+
+
+def _run(task, init, data, out, protocol, params, overrides) -> None:
     # torch is imported only when something is fine-tuned
     if task == "instance":
         from eval import instance as stage

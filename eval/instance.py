@@ -56,7 +56,7 @@ from eval.metrics import summarize
 from eval.model import load_resnet_body
 from eval.outputs import METRICS, SCORES
 from segloc import dist
-from segloc.atomic import atomic_dir, write_json
+from segloc.atomic import atomic_dir, torch_save, write_json
 from segloc.coco import CocoSet
 from segloc.dist import DistEnv
 from segloc.errors import UserError
@@ -311,7 +311,7 @@ def write_run(
         ]
         write_json(tmp / "plots" / "finetune_loss.json", losses)
         if results[0].state is not None:
-            torch.save(results[0].state, tmp / "model.pt")
+            torch_save(results[0].state, tmp / "model.pt")
     return metrics
 
 

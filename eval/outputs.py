@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from eval.metrics import scores, summarize
-from segloc.atomic import atomic_dir, write_json
+from segloc.atomic import atomic_dir, torch_save, write_json
 from segloc.provenance import versions
 
 OVERALL = "overall"  # all test splits pooled into one confusion matrix
@@ -131,5 +131,5 @@ def write_run(
         write_json(tmp / "plots" / "finetune_loss.json", losses)
         np.savez_compressed(tmp / "samples.npz", **results[0].samples)
         if results[0].state is not None:
-            torch.save(results[0].state, tmp / "model.pt")
+            torch_save(results[0].state, tmp / "model.pt")
     return metrics

@@ -7,6 +7,8 @@ and is renamed into place only once complete; on any error the temporary is remo
 from __future__ import annotations
 
 import contextlib
+import errno
+import io
 import json
 import os
 import shutil
@@ -15,7 +17,30 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from segloc.errors import UserError
+
 TMP_PREFIX = ".tmp-"
+FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+class DiskFull(UserError):
+    """No space left while writing `path`; what was half-written is gone."""
+
+    exit_code = 28  # ENOSPC, as a shell would want it
+
+    def __init__(self, path: str | os.PathLike, hint: str = "run the same command again"):
+        self.path, self.hint = Path(path), hint
+        super().__init__(
+            f"{path}: no space left on the device while writing it (nothing half-written was "
+            f"kept); free space, then {hint}"
+        )
+
+    def __reduce__(self):  # crosses from a render helper process intact
+        return (DiskFull, (self.path, self.hint))
+
+
+def is_disk_full(err: BaseException) -> bool:
+    return isinstance(err, OSError) and err.errno in FULL
 
 
 def _umask() -> int:
@@ -37,6 +62,10 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     try:
         yield tmp
         os.replace(tmp, path)
+    except OSError as err:
+        if is_disk_full(err):
+            raise DiskFull(path) from err
+        raise
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -53,9 +82,25 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
         if path.exists():
             shutil.rmtree(path)
         os.replace(tmp, path)
+    except DiskFull as err:
+        raise DiskFull(path / err.path.relative_to(tmp)) from err
+    except OSError as err:
+        if is_disk_full(err):
+            raise DiskFull(path) from err
+        raise
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def torch_save(obj: Any, path: str | os.PathLike) -> None:
+    """torch.save through a buffer: torch's own writer reports a full disk as a RuntimeError
+    without the path; a plain write gives the OSError that `atomic_path` names."""
+    import torch
+
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    write_bytes(path, buf.getbuffer())
 
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> None:

@@ -40,10 +40,11 @@ import click
 import cv2
 import numpy as np
 
-from segloc.atomic import TMP_PREFIX, write_json
+from segloc.atomic import TMP_PREFIX, DiskFull, write_json
 from segloc.config import DataConfig, load_data_config
 from segloc.errors import UserError
 from segloc.params import from_dict, load_run_params, to_dict
+from segloc.runlock import hold
 from synth.compose import Composer
 from synth.config import SynthConfig
 from synth.shards import (
@@ -100,6 +101,12 @@ def main(
     data = load_data_config(params)
     cfg = resolve_config(params, num_shards, samples_per_shard, skip_bad_inputs)
     start, stop = parse_range(shard_range, cfg.num_shards)
+    ranged = (start, stop) if shard_range is not None else None
+    with hold(out, "synth render", ranged, ranged=True):
+        return _render(cfg, data, Path(out), start, stop, workers)
+
+
+def _render(cfg: SynthConfig, data: DataConfig, out: Path, start: int, stop: int, workers: int):
     # Helpers start now, so that their start-up (a fresh interpreter importing OpenCV and numpy,
     # ~0.4 s) runs while this process loads the inputs; more than the range's shards would idle.
     count = min(workers, stop - start) - 1
@@ -265,6 +272,8 @@ def render_shard(
 
     try:
         info = write_shard(job.out / shard_name(shard), samples())
+    except DiskFull:
+        raise  # says itself what to do
     except UserError as err:
         # Backgrounds are only header-checked up front; a file that fails its full decode
         # surfaces here. Finished shards stay valid, so a re-run resumes after the fix.

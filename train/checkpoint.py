@@ -16,13 +16,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from segloc.atomic import atomic_path
+from segloc.atomic import torch_save
 from segloc.errors import UserError
 
 log = logging.getLogger(__name__)
 
 # Config keys that may change between an interrupted run and its resume without changing results.
-RESUME_FREE_KEYS = {"checkpoint_every", "device", "compile", "threads"}
+# bad_data too: a run stopped by a damaged shard may resume with bad_data=skip.
+RESUME_FREE_KEYS = {"checkpoint_every", "device", "compile", "threads", "bad_data"}
 
 
 @dataclass
@@ -36,6 +37,7 @@ class RunState:
     train_seconds: float = 0.0  # wall time inside steps, for throughput
     monitor: list[dict[str, float]] = field(default_factory=list)  # plots/monitor.tsv rows
     monitor_seconds: float = 0.0  # wall time of the monitor's passes (not in train_seconds)
+    bad_shards: dict[str, str] = field(default_factory=dict)  # url -> why it was skipped
 
 
 def identity(method: str, config: dict[str, Any], shards_sha256: str, world_size: int) -> dict:
@@ -56,13 +58,13 @@ def save_checkpoint(
         "optimizer": opt.state_dict(),
         "rows": state.rows,
         "skipped": dict(state.skipped),
+        "bad_shards": dict(state.bad_shards),
         "samples": state.samples,
         "train_seconds": state.train_seconds,
         "monitor": state.monitor,
         "monitor_seconds": state.monitor_seconds,
     }
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+    torch_save(payload, path)
     log.info("checkpoint at step %d: %s", state.step, path)
 
 
@@ -87,6 +89,7 @@ def load_checkpoint(
         ckpt["train_seconds"],
         list(ckpt["monitor"]),
         ckpt["monitor_seconds"],
+        dict(ckpt.get("bad_shards", {})),
     )
 
 

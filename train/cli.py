@@ -3,10 +3,14 @@
     pretrain --method segloc --shards data/shards --out runs/segloc
     pretrain --method insloc --shards data/shards --out runs/insloc --set pretrain.steps=500
     pretrain --method segloc --shards data/shards --out runs/segloc --resume     # after SIGTERM
+    pretrain --nproc-per-node 2 --method segloc --shards data/shards --out runs/segloc  # DDP here
     torchrun --nproc_per_node 4 -m train.cli --method segloc --shards data/shards --out runs/segloc
 
 Methods: segloc (mask pooling, one queue per class), insloc (box RoIAlign, one queue),
 moco (image level, one queue), supervised (per-pixel cross-entropy on the label maps).
+With --nproc-per-node N the ranks start on this machine (torch's elastic launcher); if one dies, the
+others stop and the job ends in one line naming the rank, its step, the last checkpoint and the
+resume command. A second run into an OUT that a live run holds is refused.
 Params come from the `pretrain` section of params.yaml (cwd, or --params); without a params file
 the built-in defaults apply. --set takes dotted keys (pretrain.lr=0.1) and may repeat.
 """
@@ -21,9 +25,12 @@ from pathlib import Path
 import click
 
 from segloc import dist
+from segloc.atomic import DiskFull
 from segloc.params import DEFAULT_PARAMS, load_run_params
+from segloc.runlock import hold
+from train import ranks
 from train.config import METHODS, PretrainConfig, load_pretrain_config
-from train.loop import Interrupted, run
+from train.loop import Interrupted, PeerLost, run
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +79,14 @@ def _setup_logging(verbose: bool) -> None:
     help="Override a param, e.g. pretrain.steps=200 (repeatable).",
 )
 @click.option("--resume", is_flag=True, help="Continue from OUT/checkpoint.pt.")
+@click.option(
+    "--nproc-per-node",
+    "nproc",
+    default=1,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="DDP ranks to start on this machine (gloo on CPU, NCCL on GPU).",
+)
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
 def main(
     method: str,
@@ -80,16 +95,35 @@ def main(
     params_file: str | None,
     overrides: tuple[str, ...],
     resume: bool,
+    nproc: int,
     verbose: bool,
 ) -> None:
     """Pretrain a backbone on rendered two-view shards and export it for fine-tuning."""
     _setup_logging(verbose)
     cfg = load_pretrain_config(resolve_params(params_file, overrides))
+    argv = sys.argv[1:]
+    if nproc > 1 and not dist.launched_by_torchrun():
+        with hold(out, "pretrain"):
+            sys.exit(ranks.launch(nproc, argv, out))
+    rank0 = not dist.launched_by_torchrun() or int(os.environ.get("RANK", 0)) == 0
     try:
-        run(cfg, method, shards_dir, out, resume=resume)
+        if rank0 and not ranks.under_launcher():
+            with hold(out, "pretrain"):
+                run(cfg, method, shards_dir, out, resume=resume)
+        else:
+            run(cfg, method, shards_dir, out, resume=resume)
     except Interrupted as err:
         log.warning("%s", err)
         sys.exit(130)
+    except PeerLost as err:
+        if not ranks.under_launcher():  # the launcher names the rank that died
+            click.echo(ranks.lost_peer_line(err.rank, err.step, err.ckpt, out), err=True)
+        sys.stderr.flush()
+        os._exit(ranks.PEER_LOST)  # no teardown: the process group has lost a member
+    except DiskFull as err:
+        if (out / "checkpoint.pt").is_file():
+            err.message += " with --resume (training goes on from the last checkpoint)"
+        raise
     finally:
         dist.teardown()
 

@@ -109,6 +109,10 @@ class PretrainConfig:
     streams: int = 4
     workers: int = 1  # DataLoader workers per process (a divisor of streams; 0: in-process)
     shuffle_buffer: int = 512  # samples held (encoded) in each stream's shuffle buffer
+    # A shard whose sha256 is not the manifest's, or a sample that does not decode: fail stops the
+    # run naming it (the result would silently differ from a run on intact data), skip trains on
+    # without it and counts it in metrics.json.
+    bad_data: str = "fail"
     checkpoint_every: int = 250
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     compile: bool = False  # torch.compile the query backbone (GPU)
@@ -213,6 +217,8 @@ def check_config(cfg: PretrainConfig) -> None:
             f"params pretrain.workers: {cfg.workers} workers cannot share pretrain.streams "
             f"{cfg.streams} evenly; use a divisor of it (or 0, reading in-process)"
         )
+    if cfg.bad_data not in ("fail", "skip"):
+        raise UserError(f"params pretrain.bad_data: expected fail or skip, got {cfg.bad_data!r}")
     _check_augment(cfg.augment)
     _check_monitor(cfg.monitor)
 

@@ -22,6 +22,8 @@ shuffle: a stream reads the same shards in the same order as without them, only 
 
 from __future__ import annotations
 
+import hashlib
+import io
 import logging
 import random
 import signal
@@ -63,6 +65,7 @@ class ShardSet:
     classes: tuple[str, ...]  # class k (1-based) is classes[k - 1]
     canvas: int
     num_samples: int
+    digests: tuple[str, ...] = ()  # manifest's sha256 of each shard, aligned with urls
 
 
 @dataclass(frozen=True)
@@ -94,6 +97,7 @@ def open_shards(root: str | Path) -> ShardSet:
         tuple(manifest["classes"]),
         manifest["canvas"],
         manifest["num_samples"],
+        tuple(str(rec["sha256"]) for rec in manifest["shards"]),
     )
 
 
@@ -168,6 +172,8 @@ class StreamSpec:
     start: int  # first batch index of the epoch this loader yields (> 0 when resuming)
     streams: int  # pretrain.streams: fixed per run so batches don't depend on the worker count
     exclude: frozenset[tuple[str, str]] = frozenset()  # (url, key) of samples never to yield
+    digests: tuple[str, ...] | None = None  # each url's sha256, checked as it is read; None: not
+    bad_data: str = "fail"  # pretrain.bad_data: a bad shard or sample stops the run, or is skipped
 
 
 class _ReadGuard:
@@ -177,6 +183,13 @@ class _ReadGuard:
         self.limit = 2 * num_urls + 8
         self.reads_without_sample = 0
         self.errors = 0
+        self.bad_shards: dict[str, str] = {}  # url -> why, each named once per stream
+        self.fatal: str | None = None  # bad_data=fail: why the stream stopped
+
+    def bad_shard(self, url: str, why: str) -> None:
+        if url not in self.bad_shards:
+            self.bad_shards[url] = why
+            log.warning("shard %s: %s", url, why)
 
     def handler(self, exn: Exception) -> bool:
         self.errors += 1
@@ -186,8 +199,10 @@ class _ReadGuard:
     def shard_opened(self) -> None:
         self.reads_without_sample += 1
         if self.reads_without_sample > self.limit:
-            raise RuntimeError(
-                f"no readable sample in {self.limit} shard reads in a row: the shards look corrupt"
+            bad = ", ".join(sorted(self.bad_shards)[:3])
+            self.fatal = (
+                f"no readable sample in {self.limit} shard reads in a row: the shards look "
+                f"damaged (first bad: {bad or 'none named'}); render them again"
             )
 
 
@@ -197,13 +212,19 @@ def raw_samples(spec: StreamSpec, stream: int, guard: _ReadGuard) -> Iterator[di
     shard_seq, shuffle_seq = seq.spawn(2)
     pick = np.random.default_rng(shard_seq)
 
-    def shards() -> Iterator[dict[str, str]]:
+    def shards() -> Iterator[dict[str, Any]]:
         while True:
             guard.shard_opened()
-            yield {"url": spec.urls[int(pick.integers(len(spec.urls)))]}
+            if guard.fatal is not None:
+                return
+            k = int(pick.integers(len(spec.urls)))
+            opened = open_checked(spec, k, guard)
+            if opened is not None:
+                yield opened
 
     def samples() -> Iterator[dict[str, Any]]:
-        for sample in wds.tarfile_samples(shards(), handler=guard.handler):
+        files = wds.tariterators.tar_file_expander(shards(), handler=guard.handler)
+        for sample in wds.tariterators.group_by_keys(files, handler=guard.handler):
             # A held-out sample was readable: it counts as a read for the corrupt-shard guard,
             # or a shard held out whole, drawn a few times in a row, would look corrupt.
             guard.reads_without_sample = 0
@@ -215,6 +236,40 @@ def raw_samples(spec: StreamSpec, stream: int, guard: _ReadGuard) -> Iterator[di
     return wds.shuffle(spec.buffer, initial=spec.buffer, rng=rng)(samples())
 
 
+def open_checked(spec: StreamSpec, k: int, guard: _ReadGuard) -> dict[str, Any] | None:
+    """Shard k read whole and its sha256 checked against the manifest before any sample of it is
+    used: a damaged shard (scrambled, cut short, replaced) is named, not trained on. None: skip it
+    (bad_data=skip) or stop (fail; `guard.fatal` says why)."""
+    url = spec.urls[k]
+    if url in guard.bad_shards:
+        return _refuse(spec, guard, url, guard.bad_shards[url])
+    try:
+        with open(url, "rb") as f:
+            data = f.read()
+    except OSError as err:
+        return _refuse(spec, guard, url, f"unreadable ({err.strerror or err})")
+    if spec.digests is not None:
+        digest = hashlib.sha256(data).hexdigest()
+        if digest != spec.digests[k]:
+            why = (
+                f"sha256 {digest[:12]}… does not match the manifest's {spec.digests[k][:12]}… "
+                f"({len(data)} bytes): changed or damaged since `synth render` wrote it"
+            )
+            return _refuse(spec, guard, url, why)
+    return {"url": url, "stream": io.BytesIO(data)}
+
+
+def _refuse(spec: StreamSpec, guard: _ReadGuard, url: str, why: str) -> None:
+    if spec.bad_data == "fail":
+        guard.fatal = (
+            f"shard {url}: {why}. Render it again (`synth render` rewrites it byte-identical) "
+            "or set pretrain.bad_data=skip to train without it"
+        )
+        return None
+    guard.bad_shard(url, why)
+    return None
+
+
 def stream_batches(spec: StreamSpec, stream: int) -> Iterator[dict[str, Any]]:
     """The batches of `stream` in this data epoch from index `spec.start` on."""
     skip = len(range(stream, spec.start, spec.streams))
@@ -223,25 +278,40 @@ def stream_batches(spec: StreamSpec, stream: int) -> Iterator[dict[str, Any]]:
     raw = raw_samples(spec, stream, guard)
     for _ in islice(raw, skip * spec.batch_size):  # resume: consumed batches, never decoded
         pass
+    named: set[str] = set()
     for _ in range(todo):
         errors_before = guard.errors
-        batch = decode_batch(list(islice(raw, spec.batch_size)), spec)
+        raws = list(islice(raw, spec.batch_size))
+        if guard.fatal is not None:
+            yield {"fatal": guard.fatal}
+            return
+        batch = decode_batch(raws, spec)
         if guard.errors > errors_before:
             batch["skipped"]["unreadable shard data"] = guard.errors - errors_before
+        if spec.bad_data == "fail" and batch["skipped"]:
+            what = batch.get("fatal_sample") or f"unreadable data in {spec.urls}"
+            yield {"fatal": f"{what}; render the shard again, or set pretrain.bad_data=skip"}
+            return
+        batch.pop("fatal_sample", None)
+        batch["bad_shards"] = {u: w for u, w in guard.bad_shards.items() if u not in named}
+        named.update(batch["bad_shards"])
         yield batch
 
 
 def decode_batch(raws: list[dict[str, Any]], spec: StreamSpec) -> dict[str, Any]:
-    samples, skipped = [], Counter()
+    samples, skipped, first = [], Counter(), None
     for raw in raws:
         try:
             samples.append(decode_sample(raw, spec.needs, spec.canvas, spec.num_classes))
         except (BadSample, cv2.error) as err:
             reason = str(err) if isinstance(err, BadSample) else "image decode error"
-            log.warning(
-                "skipping sample %s of %s: %s", raw.get("__key__"), raw.get("__url__"), reason
-            )
+            where = f"sample {raw.get('__key__')} of shard {raw.get('__url__')}"
+            first = first or f"{where}: {reason}"
+            if spec.bad_data == "skip":
+                log.warning("skipping %s: %s", where, reason)
             skipped[reason] += 1
+    if first is not None and spec.bad_data == "fail":
+        return {"skipped": dict(skipped), "fatal_sample": first}
     if not samples:
         raise RuntimeError(f"every sample of a batch failed to decode ({dict(skipped)})")
     batch = collate(samples, spec.needs)
@@ -292,7 +362,10 @@ def worker_batches(spec: StreamSpec, worker: int, workers: int) -> Iterator[dict
     mine = {b % spec.streams for b in range(first, first + spec.streams, workers)}
     gens = {s: stream_batches(spec, s) for s in sorted(mine)}
     for b in range(first, spec.epoch_steps, workers):
-        yield next(gens[b % spec.streams])
+        batch = next(gens[b % spec.streams])
+        yield batch
+        if "fatal" in batch:  # bad_data=fail: the stream stopped; the loop stops the run
+            return
 
 
 def _worker_init(_: int) -> None:

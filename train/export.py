@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from segloc.atomic import atomic_path
+from segloc.atomic import torch_save
 from segloc.backbone_card import WEIGHTS, write_card
 from segloc.errors import UserError
 from train.model import ARCHS, ResNetTrunk
@@ -56,6 +56,5 @@ def load_backbone(path: str | Path, arch: str) -> nn.Module:
 
 def export(out: Path, model: nn.Module, card: dict[str, Any]) -> None:
     """Write out/backbone.pt and its card out/backbone.json (`segloc.backbone_card`)."""
-    with atomic_path(out / WEIGHTS) as tmp:
-        torch.save(backbone_state(model), tmp)
+    torch_save(backbone_state(model), out / WEIGHTS)
     write_card(out / WEIGHTS, card)

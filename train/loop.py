@@ -43,6 +43,7 @@ from train.moco import ClassQueueMoCo, SupervisedSeg
 from train.model import Encoder, init_weights
 from train.monitor import Monitor, load_holdout
 from train.monitor import summary as monitor_summary
+from train.ranks import Beacon, is_peer_loss
 from train.step import StepContext, train_step
 
 log = logging.getLogger(__name__)
@@ -63,6 +64,7 @@ class Session:
     state: RunState
     monitor: Monitor | None = None  # None: pretrain.monitor.holdout is 0
     held_out: int = 0  # samples the stream skips (the monitor's)
+    beacon: Beacon | None = None  # step and checkpoint step for the launcher (train.ranks)
 
     @property
     def train_samples(self) -> int:
@@ -79,6 +81,14 @@ class RunResult:
     state: RunState
     finished: bool
     metrics: dict[str, Any]
+
+
+class PeerLost(Exception):
+    """Another rank went away mid-collective (killed, out of memory, crashed)."""
+
+    def __init__(self, rank: int, step: int, ckpt: int):
+        super().__init__(f"rank {rank}: lost the other ranks at step {step}")
+        self.rank, self.step, self.ckpt = rank, step, ckpt
 
 
 class Interrupted(Exception):
@@ -101,8 +111,18 @@ def run(
 ) -> RunResult:
     """Train `method` on the shards; `stop_at` ends early as an interruption would (tests)."""
     s = setup(cfg, method, shards_dir, Path(out), resume)
-    finished = loop(s, min(s.ctx.total, stop_at) if stop_at is not None else s.ctx.total)
-    metrics = summary(s) if finished else {}
+    beacon = Beacon(s.ctx.rank)
+    beacon.update(s.state.step, s.state.step if resume else -1)
+    s.beacon = beacon
+    try:
+        finished = loop(s, min(s.ctx.total, stop_at) if stop_at is not None else s.ctx.total)
+        metrics = summary(s) if finished else {}
+    except Exception as err:
+        if dist.active() and is_peer_loss(err):
+            raise PeerLost(s.ctx.rank, s.state.step, beacon.ckpt) from err
+        raise
+    finally:
+        beacon.close()
     if finished and s.ctx.rank == 0:
         finish(s, metrics)
     return RunResult(s.model, s.state, finished, metrics)
@@ -271,6 +291,8 @@ def stream_spec(
         start,
         cfg.streams,
         exclude,
+        shards.digests or None,
+        cfg.bad_data,
     )
 
 
@@ -290,30 +312,34 @@ def loop(s: Session, stop: int) -> bool:
         total=stop, initial=s.state.step, disable=s.ctx.rank != 0, unit="step", dynamic_ncols=True
     )
     interrupted = False
-    monitor_pass(s)  # step 0: the random-init reference
-    with _stop_signals() as stop_flag:
-        while s.state.step < stop and not interrupted:
-            epoch, offset = divmod(s.state.step, epoch_steps)
-            spec = stream_spec(
-                s.cfg, s.shards, s.ctx.preset, s.ctx.rank, epoch, offset, epoch_steps, exclude
-            )
-            loader = make_loader(spec, s.cfg.workers, pin_memory=s.ctx.device.type == "cuda")
-            for batch in loader:
-                one_step(s, batch)
-                monitor_pass(s)
-                bar.update(1)
-                bar.set_postfix(
-                    loss=f"{s.state.rows[-1]['loss']:.3f}",
-                    img_s=f"{2 * _rate(s.state, world):.1f}",
-                    refresh=False,
+    try:
+        monitor_pass(s)  # step 0: the random-init reference
+        with _stop_signals() as stop_flag:
+            while s.state.step < stop and not interrupted:
+                epoch, offset = divmod(s.state.step, epoch_steps)
+                spec = stream_spec(
+                    s.cfg, s.shards, s.ctx.preset, s.ctx.rank, epoch, offset, epoch_steps, exclude
                 )
-                if s.state.step % s.cfg.checkpoint_every == 0 and s.state.step < stop:
-                    checkpoint(s)
-                interrupted = _agreed(stop_flag.is_set())
-                if s.state.step >= stop or interrupted:
-                    break
-            del loader  # shuts its workers down before the next epoch's start
-    bar.close()
+                loader = make_loader(spec, s.cfg.workers, pin_memory=s.ctx.device.type == "cuda")
+                for batch in loader:
+                    one_step(s, batch)
+                    if s.beacon is not None:
+                        s.beacon.update(step=s.state.step)
+                    monitor_pass(s)
+                    bar.update(1)
+                    bar.set_postfix(
+                        loss=f"{s.state.rows[-1]['loss']:.3f}",
+                        img_s=f"{2 * _rate(s.state, world):.1f}",
+                        refresh=False,
+                    )
+                    if s.state.step % s.cfg.checkpoint_every == 0 and s.state.step < stop:
+                        checkpoint(s)
+                    interrupted = _agreed(stop_flag.is_set())
+                    if s.state.step >= stop or interrupted:
+                        break
+                del loader  # shuts its workers down before the next epoch's start
+    finally:
+        bar.close()  # a stop by error prints its line below the bar, not after it
     checkpoint(s)
     if interrupted and s.state.step < stop:
         raise Interrupted(s.state.step, s.out / "checkpoint.pt")
@@ -321,7 +347,10 @@ def loop(s: Session, stop: int) -> bool:
 
 
 def one_step(s: Session, batch: dict[str, Any]) -> None:
+    if "fatal" in batch:  # bad_data=fail met a damaged shard or sample
+        raise UserError(f"pretrain stopped at step {s.state.step}: {batch['fatal']}")
     s.state.skipped.update(batch.pop("skipped", {}))
+    s.state.bad_shards.update(batch.pop("bad_shards", {}))
     t0 = time.perf_counter()
     try:
         scalars = train_step(s.train_model, s.opt, batch, s.state.step, s.ctx)
@@ -367,6 +396,8 @@ def checkpoint(s: Session) -> None:
     if s.ctx.rank != 0:
         return
     save_checkpoint(s.out / "checkpoint.pt", s.model, s.opt, s.state, s.identity)
+    if s.beacon is not None:
+        s.beacon.update(checkpoint=s.state.step)
     write_tsv(s.out / "plots" / "train.tsv", s.state.rows)
     write_tsv(s.out / "plots" / "monitor.tsv", s.state.monitor)
 
@@ -431,6 +462,8 @@ def summary(s: Session) -> dict[str, Any]:
         "img_per_s": 2 * _rate(s.state, world),  # two views (or two crops) per sample
         "skipped_samples": int(sum(s.state.skipped.values())),
         "skipped_reasons": dict(s.state.skipped),
+        "skipped_shards": len(s.state.bad_shards),
+        "skipped_shard_reasons": dict(s.state.bad_shards),
         "world_size": world,
     }
     if s.monitor is not None:
@@ -451,6 +484,8 @@ HEADLINE = (
     "chance_loss",
     "final_loss",
     "samples_per_s",
+    "skipped_samples",
+    "skipped_shards",
 )
 
 
@@ -489,11 +524,13 @@ def finish(s: Session, metrics: dict[str, Any]) -> None:
     write_json(s.out / "stats.json", metrics)
     write_json(s.out / "metrics.json", headline(metrics))
     log.info(
-        "done: %d steps, %.1f samples/s, final loss %.4f, %d samples skipped; backbone %s",
+        "done: %d steps, %.1f samples/s, final loss %.4f, %d samples and %d shards skipped; "
+        "backbone %s",
         s.state.step,
         metrics["samples_per_s"],
         metrics["final_loss"],
         metrics["skipped_samples"],
+        metrics["skipped_shards"],
         s.out / "backbone.pt",
     )
     if "knn_acc" in metrics:

@@ -318,5 +318,5 @@ def test_failure_midway_leaves_nothing(tmp_path, monkeypatch):
 
     monkeypatch.setattr(demo, "render_image", flaky)
     result = _invoke(["--out", str(tmp_path / "out"), "--scale", "tiny", "--workers", "1"])
-    _assert_one_line_error(result, "No space left")
+    _assert_one_line_error(result, "no space left")
     assert list(tmp_path.iterdir()) == []

@@ -125,7 +125,8 @@ def test_corrupt_members_are_skipped_and_counted(tmp_path, shard_writer):
     root = shard_writer.write_shards(tmp_path, num_shards=1, per_shard=4)
     _corrupt_shard(root, shard_writer)
     shards = open_shards(root)
-    batches = list(make_loader(_spec(shards, batch_size=4, epoch_steps=3, buffer=4), workers=0))
+    spec = _spec(shards, batch_size=4, epoch_steps=3, buffer=4, bad_data="skip")
+    batches = list(make_loader(spec, workers=0))
     skipped = sum(sum(b["skipped"].values()) for b in batches)
     used = sum(b["img0"].shape[0] for b in batches)
     assert skipped + used == 12 and skipped == 6  # 2 bad samples of 4, read three times
@@ -133,12 +134,25 @@ def test_corrupt_members_are_skipped_and_counted(tmp_path, shard_writer):
     assert reasons == {"v0.jpg: undecodable, expected a 64x64 colour JPEG", "member .json missing"}
 
 
-def test_truncated_tar_is_counted_not_fatal(tmp_path, shard_writer):
+def test_corrupt_member_stops_the_stream_by_default(tmp_path, shard_writer):
+    root = shard_writer.write_shards(tmp_path, num_shards=1, per_shard=4)
+    _corrupt_shard(root, shard_writer)
+    spec = _spec(open_shards(root), batch_size=4, epoch_steps=3, buffer=4)  # bad_data: fail
+    batches = list(make_loader(spec, workers=0))
+    assert len(batches) == 1 and "img0" not in batches[0]
+    assert (
+        "train-000000.tar" in batches[0]["fatal"]
+        and "pretrain.bad_data=skip" in batches[0]["fatal"]
+    )
+
+
+def test_truncated_tar_is_counted_when_skipping(tmp_path, shard_writer):
     root = shard_writer.write_shards(tmp_path, num_shards=2, per_shard=4)
     data = (root / "train-000001.tar").read_bytes()
     (root / "train-000001.tar").write_bytes(data[: len(data) // 3])
     shards = open_shards(root)
-    batches = list(make_loader(_spec(shards, batch_size=4, epoch_steps=4, buffer=4), workers=0))
+    spec = _spec(shards, batch_size=4, epoch_steps=4, buffer=4, bad_data="skip")
+    batches = list(make_loader(spec, workers=0))
     assert len(batches) == 4
     assert all(b["img0"].shape[0] >= 1 for b in batches)
     assert sum(b["skipped"].get("unreadable shard data", 0) for b in batches) > 0
