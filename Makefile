@@ -74,6 +74,9 @@ bench: setup
 	$(PY) bench/render.py
 	$(PY) bench/train_step.py
 	$(PY) bench/finetune.py
+	test -f data/shards/manifest.json || dvc repro render
+	$(PY) bench/shard_check.py
+	$(PY) bench/fault_soak.py
 
 clean:
 	rm -rf .pytest_cache .ruff_cache gpu_out

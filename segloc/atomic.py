@@ -53,10 +53,15 @@ def _umask() -> int:
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary file path beside `path`; rename it to `path` when the block succeeds."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX + path.name + ".", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix=TMP_PREFIX + path.name + ".", dir=path.parent)
+    except OSError as err:
+        if is_disk_full(err):
+            raise DiskFull(path) from err
+        raise
     os.close(fd)
-    tmp = Path(tmp)
+    tmp = Path(name)
     # mkstemp makes the file owner-only; outputs get the permissions a plain open() would give.
     tmp.chmod(0o666 & ~_umask())
     try:
@@ -74,8 +79,13 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary folder beside `path`; it replaces `path` (removed first) on success."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=TMP_PREFIX + path.name + ".", dir=path.parent))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=TMP_PREFIX + path.name + ".", dir=path.parent))
+    except OSError as err:
+        if is_disk_full(err):
+            raise DiskFull(path) from err
+        raise
     tmp.chmod(0o777 & ~_umask())
     try:
         yield tmp

@@ -4,10 +4,11 @@
         ...
 
 The lock is an advisory `flock` on `OUT/.lock` (or `OUT/.lock-A-B` for `synth render
---shard-range A:B`): the kernel drops it when the holding process dies, however it dies, so a
-lock left by a killed run never blocks the next one; the file keeps the holder's pid and command
-for the message, and a clean exit removes it. Disjoint shard ranges may render into one folder at once (that is the
-fan-out); overlapping ones are refused.
+--shard-range A:B`): the kernel drops it when the holding process dies, however it dies (forked
+loader workers share it until they notice, within seconds), so a lock left by a killed run never
+blocks the next one; the file keeps the holder's pid and command for the message, and any exit
+of a live holder removes it. Disjoint shard ranges may render into one folder at once (that is
+the fan-out); overlapping ones are refused, and a whole render clears dead range locks.
 """
 
 from __future__ import annotations
@@ -18,11 +19,13 @@ import json
 import logging
 import os
 import re
+import shutil
 import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from segloc.atomic import TMP_PREFIX, DiskFull, is_disk_full
 from segloc.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -84,6 +87,7 @@ def hold(
     ranged: bool = False,
     beside: bool = False,
     _name: str | None = None,
+    _own: Path | None = None,
 ) -> Iterator[Path]:
     """Hold `folder` for this process; a live holder makes this a UserError naming its pid.
 
@@ -93,42 +97,89 @@ def hold(
     """
     folder = Path(folder)
     if beside:
-        with hold(folder.parent, command, _name=f".{folder.name}{LOCK}") as path:
+        with hold(folder.parent, command, _name=f".{folder.name}{LOCK}", _own=folder) as path:
             yield path
         return
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as err:
+        if is_disk_full(err):
+            raise DiskFull(folder) from err
         raise UserError(f"{folder}: cannot create the output folder ({err.strerror})") from err
     path = folder / (_name or lock_name(shard_range))
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = _take(path)
     try:
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise UserError(_describe(path, _holder(path))) from None
-        previous = _holder(path)
-        if previous.get("pid") not in (None, os.getpid()):
-            log.info(
-                "%s: lock of pid %s (%s) was left by a run that is gone; taking it over",
-                path,
-                previous.get("pid"),
-                previous.get("command", "?"),
-            )
-        if ranged:
-            for other in sorted(folder.glob(f"{LOCK}*")):
-                if other.name == path.name or not _overlaps(other.name, shard_range):
-                    continue
-                if _held_by_other(other):
-                    raise UserError(_describe(other, _holder(other)))
-        info = {"pid": os.getpid(), "command": command, "started": time.time(), "argv": sys.argv}
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, (json.dumps(info) + "\n").encode(), 0)
-        try:
+            previous = _holder(path)
+            if previous.get("pid") not in (None, os.getpid()):
+                log.info(
+                    "%s: lock of pid %s (%s) was left by a run that is gone; taking it over",
+                    path,
+                    previous.get("pid"),
+                    previous.get("command", "?"),
+                )
+            if ranged:
+                _check_ranges(folder, path, shard_range)
+            if shard_range is None:  # no other writer now: a killed run's temporaries go
+                _clear_temporaries(folder, _own)
+            info = {"pid": os.getpid(), "command": command, "started": time.time()}
+            info["argv"] = sys.argv
+            try:
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, (json.dumps(info) + "\n").encode(), 0)
+            except OSError as err:
+                if is_disk_full(err):
+                    raise DiskFull(path) from err
+                raise
             yield path
         finally:
-            # Any exit of this process's leaves nothing behind (outputs are DVC-tracked
-            # folders); a killed run leaves the file, whose pid the next run names.
+            # Whatever ends this holder, it leaves nothing behind (outputs are DVC-tracked
+            # folders); only a killed run leaves the file, whose pid the next run names.
             path.unlink(missing_ok=True)
     finally:
         os.close(fd)
+
+
+def _take(path: Path) -> int:
+    """An fd holding the exclusive lock on the file now at `path` (another holder: refused)."""
+    while True:
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as err:
+            if is_disk_full(err):
+                raise DiskFull(path) from err
+            raise UserError(f"{path}: cannot create the run lock ({err.strerror})") from err
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise UserError(_describe(path, _holder(path))) from None
+        try:
+            same = os.fstat(fd).st_ino == os.stat(path).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            return fd
+        os.close(fd)  # its holder removed it as we opened it: lock the file now there
+
+
+def _clear_temporaries(folder: Path, own: Path | None) -> None:
+    """Temporaries (`segloc.atomic`) a killed run left: under `folder`, or beside it for `own`."""
+    found = folder.glob(f"{TMP_PREFIX}{own.name}.*") if own else folder.rglob(f"{TMP_PREFIX}*")
+    for tmp in list(found):
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            tmp.unlink(missing_ok=True)
+        log.info("removed %s, left by a killed run", tmp)
+
+
+def _check_ranges(folder: Path, path: Path, shard_range: tuple[int, int] | None) -> None:
+    """Refuse an overlapping live range lock; a whole render clears dead ones."""
+    for other in sorted(folder.glob(f"{LOCK}*")):
+        if other.name == path.name or not _overlaps(other.name, shard_range):
+            continue
+        if _held_by_other(other):
+            raise UserError(_describe(other, _holder(other)))
+        if shard_range is None:
+            other.unlink(missing_ok=True)  # left by a killed range render

@@ -185,6 +185,7 @@ class _ReadGuard:
         self.errors = 0
         self.bad_shards: dict[str, str] = {}  # url -> why, each named once per stream
         self.fatal: str | None = None  # bad_data=fail: why the stream stopped
+        self.last_error = ""
 
     def bad_shard(self, url: str, why: str) -> None:
         if url not in self.bad_shards:
@@ -193,6 +194,7 @@ class _ReadGuard:
 
     def handler(self, exn: Exception) -> bool:
         self.errors += 1
+        self.last_error = str(exn)
         log.warning("skipping unreadable shard data: %s", exn)
         return True  # keep streaming
 
@@ -286,10 +288,13 @@ def stream_batches(spec: StreamSpec, stream: int) -> Iterator[dict[str, Any]]:
             yield {"fatal": guard.fatal}
             return
         batch = decode_batch(raws, spec)
+        if "fatal" in batch:
+            yield {"fatal": batch["fatal"]}
+            return
         if guard.errors > errors_before:
             batch["skipped"]["unreadable shard data"] = guard.errors - errors_before
         if spec.bad_data == "fail" and batch["skipped"]:
-            what = batch.get("fatal_sample") or f"unreadable data in {spec.urls}"
+            what = batch.get("fatal_sample") or f"unreadable shard data ({guard.last_error})"
             yield {"fatal": f"{what}; render the shard again, or set pretrain.bad_data=skip"}
             return
         batch.pop("fatal_sample", None)
@@ -312,8 +317,12 @@ def decode_batch(raws: list[dict[str, Any]], spec: StreamSpec) -> dict[str, Any]
             skipped[reason] += 1
     if first is not None and spec.bad_data == "fail":
         return {"skipped": dict(skipped), "fatal_sample": first}
-    if not samples:
-        raise RuntimeError(f"every sample of a batch failed to decode ({dict(skipped)})")
+    if not samples:  # bad_data=skip, and nothing left: the shards are damaged beyond skipping
+        return {
+            "skipped": dict(skipped),
+            "fatal": f"every sample of a batch failed to decode "
+            f"({first}; {sum(skipped.values())} in all)",
+        }
     batch = collate(samples, spec.needs)
     batch["skipped"] = dict(skipped)
     return batch

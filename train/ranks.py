@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 
 BEACONS = ".ranks"
 PEER_LOST = 75  # a survivor's exit status: another rank stopped first
+ERRORS = (1, 2, 28)  # a rank's own one-line error (click's, a UserError, a full disk)
 _ENV = "SEGLOC_RANK_BEACONS"
 
 
@@ -43,16 +44,30 @@ class Beacon:
         self.rank = rank
         self.step_done = 0
         self.ckpt = -1
+        self.parent = os.getppid()  # the launcher: if it goes, so does this rank
         folder = os.environ.get(_ENV)
         if folder:
-            os.makedirs(folder, exist_ok=True)
-            self.fd = os.open(os.path.join(folder, f"rank{rank}"), os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                os.makedirs(folder, exist_ok=True)
+                path = os.path.join(folder, f"rank{rank}")
+                self.fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as err:  # progress notes only: a full disk must not stop a run
+                log.warning("rank %d: no progress beacon (%s)", rank, err.strerror)
 
     def update(self, step: int | None = None, checkpoint: int | None = None) -> None:
         if step is not None:
             self.step_done = step
         if checkpoint is not None:
             self.ckpt = checkpoint
+        if under_launcher() and os.getppid() != self.parent:
+            # The launcher was killed: it held the folder's lock, so nothing may write here now.
+            print(
+                f"pretrain rank {self.rank}: the launcher is gone; stopping at step "
+                f"{self.step_done}",
+                file=sys.stderr,
+                flush=True,
+            )
+            os._exit(PEER_LOST)
         if self.fd is not None:
             line = f"{self.step_done} {self.ckpt} {os.getpid()}".ljust(63) + "\n"
             try:
@@ -96,10 +111,12 @@ def lost_peer_line(rank: int, step: int, ckpt: int, out: Path) -> str:
 
 def _resume_hint(ckpt: int, out: Path, argv: list[str]) -> str:
     args = [a for a in argv if a != "--resume"]
-    if ckpt < 0:
+    path = out / "checkpoint.pt"
+    if ckpt < 0 and not path.is_file():
         return f"no checkpoint yet: run it again with: {shlex.join(['pretrain', *args])}"
     cmd = shlex.join(["pretrain", *args, "--resume"])
-    return f"the last checkpoint is step {ckpt} ({out / 'checkpoint.pt'}); resume with: {cmd}"
+    step = f"step {ckpt} " if ckpt >= 0 else ""
+    return f"the last checkpoint is {step}({path}); resume with: {cmd}"
 
 
 def is_peer_loss(err: BaseException) -> bool:
@@ -108,25 +125,14 @@ def is_peer_loss(err: BaseException) -> bool:
 
     if isinstance(err, getattr(tdist, "DistError", ())):
         return True
-    if not isinstance(err, RuntimeError):
-        return False
     text = str(err).lower()
-    return any(
-        s in text
-        for s in (
-            "connection closed",
-            "connection reset",
-            "broken pipe",
-            "gloo",
-            "nccl",
-            "timed out",
-        )
-    )
+    lost = ("connection closed by peer", "connection reset by peer", "broken pipe")
+    return isinstance(err, RuntimeError) and any(s in text for s in lost)
 
 
 def launch(nproc: int, argv: list[str], out: Path) -> int:
     """Run `pretrain ARGV` as `nproc` ranks on this machine; one line if a rank dies."""
-    from torch.distributed.elastic.multiprocessing.api import DefaultLogsSpecs
+    from torch.distributed.elastic.multiprocessing.api import DefaultLogsSpecs, SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
@@ -150,8 +156,14 @@ def launch(nproc: int, argv: list[str], out: Path) -> int:
     try:
         elastic_launch(config, sys.executable)("-m", "train.cli", *argv)
     except ChildFailedError as err:
-        print(died_line(err.failures, beacons, out, argv), file=sys.stderr)
-        return 1
+        line, status = died_line(err.failures, beacons, out, argv)
+        print(line, file=sys.stderr)
+        return status
+    except SignalException as err:  # Ctrl-C or SIGTERM reached the launcher
+        zero = read_beacon(beacons, 0)
+        hint = _resume_hint(zero[1] if zero else -1, out, argv)
+        print(f"pretrain: interrupted ({err.sigval.name}); {hint}", file=sys.stderr)
+        return 130
     finally:
         shutil.rmtree(config.logs_specs.root_log_dir, ignore_errors=True)
         shutil.rmtree(beacons, ignore_errors=True)
@@ -159,15 +171,21 @@ def launch(nproc: int, argv: list[str], out: Path) -> int:
     return 0
 
 
-def died_line(failures: dict, beacons: Path, out: Path, argv: list[str]) -> str:
-    """Name the rank that went first: not a survivor (PEER_LOST), the earliest to fail."""
-    # Survivors exit with PEER_LOST, or SIGTERM when the launcher stops them first.
-    stopped = (PEER_LOST, -signal.SIGTERM)
+def died_line(failures: dict, beacons: Path, out: Path, argv: list[str]) -> tuple[str, int]:
+    """Name the rank that went first (not a survivor), and the job's exit status."""
+    # Survivors exit with PEER_LOST, or by the signal the launcher stops them with.
+    stopped = (PEER_LOST, -signal.SIGTERM, -signal.SIGABRT)
     culprits = [f for f in failures.values() if f.exitcode not in stopped] or list(
         failures.values()
     )
     first = min(culprits, key=lambda f: (f.timestamp, f.local_rank))
     rank = first.local_rank
+    if first.exitcode in ERRORS:  # it printed its own one-line error, which says what to do
+        return (
+            f"pretrain: rank {rank} stopped with the error above (exit status "
+            f"{first.exitcode}); the other ranks were stopped",
+            first.exitcode,
+        )
     if first.exitcode < 0:
         try:
             how = f"signal {signal.Signals(-first.exitcode).name}"
@@ -179,7 +197,8 @@ def died_line(failures: dict, beacons: Path, out: Path, argv: list[str]) -> str:
     zero = read_beacon(beacons, 0)
     step = f"at step {mine[0]}" if mine else "before its first step"
     ckpt = zero[1] if zero else -1
-    return (
+    line = (
         f"pretrain: rank {rank} died ({how}) {step}; the other ranks were stopped; "
         f"{_resume_hint(ckpt, out, argv)}"
     )
+    return line, 1

@@ -43,6 +43,7 @@ def test_disjoint_render_ranges_share_a_folder_overlapping_ones_do_not(tmp_path)
         with pytest.raises(UserError, match=r"\.lock-0-8"):
             with hold(tmp_path, "synth render", (4, 12), ranged=True):
                 pass
+        assert not (tmp_path / ".lock-4-12").exists()  # a refused run leaves nothing
         with pytest.raises(UserError, match=r"\.lock-0-8"):
             with hold(tmp_path, "synth render", None, ranged=True):  # the whole range
                 pass
@@ -52,3 +53,22 @@ def test_beside_locks_a_sibling_file(tmp_path):
     out = tmp_path / "probe"
     with hold(out, "evaluate", beside=True) as path:
         assert path == tmp_path / ".probe.lock" and not out.exists()
+
+
+def test_a_whole_render_clears_range_locks_of_killed_runs(tmp_path):
+    (tmp_path / ".lock-0-4").write_text('{"pid": 1, "command": "synth render"}')
+    with hold(tmp_path, "synth render", None, ranged=True):
+        assert not (tmp_path / ".lock-0-4").exists()
+    assert not list(tmp_path.iterdir())
+
+
+def test_temporaries_of_a_killed_run_are_cleared_by_the_next_holder(tmp_path):
+    (tmp_path / "plots").mkdir()
+    (tmp_path / "plots" / ".tmp-train.tsv.abc").write_text("half")
+    (tmp_path / ".tmp-checkpoint.pt.xyz").write_text("half")
+    with hold(tmp_path, "pretrain"):
+        assert sorted(p.name for p in tmp_path.rglob("*")) == [".lock", "plots"]
+    (tmp_path / ".tmp-probe.q1").mkdir()
+    (tmp_path / ".tmp-other.q2").mkdir()
+    with hold(tmp_path / "probe", "evaluate", beside=True):
+        assert not (tmp_path / ".tmp-probe.q1").exists() and (tmp_path / ".tmp-other.q2").exists()

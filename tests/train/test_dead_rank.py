@@ -84,3 +84,22 @@ def test_killed_rank_ends_the_job_in_one_line_and_resume_matches(tmp_path, shard
     done = subprocess.run(cli, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     assert (out / "backbone.pt").read_bytes() == (ref / "backbone.pt").read_bytes(), kill_at
+
+
+def test_a_ranks_own_error_is_its_line_and_its_exit_status(tmp_path, shard_writer):
+    """A damaged shard stops the rank that draws it with its one-line error (exit 2); the
+    launcher stops the others and passes that status on instead of calling it a death."""
+    shards = shard_writer.write_shards(tmp_path / "shards", num_shards=2, per_shard=8)
+    for name in ("train-000000.tar", "train-000001.tar"):
+        data = bytearray((shards / name).read_bytes())
+        data[3000:3016] = bytes(16)  # inside the first sample's members, headers intact
+        (shards / name).write_bytes(bytes(data))
+    env = python_env(OMP_NUM_THREADS="1")
+    done = subprocess.run(
+        _cmd(shards, tmp_path / "out"), env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert any(ln.startswith("Error: pretrain stopped at step 0: shard ") for ln in lines)
+    assert re.match(r"pretrain: rank \d stopped with the error above \(exit status 2\)", lines[-1])
