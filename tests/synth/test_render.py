@@ -268,10 +268,14 @@ def test_temporaries_of_a_killed_run_are_cleaned(inputs, rendered, tmp_path):
     shutil.copytree(rendered, out)
     (out / "train-000003.tar").unlink()
     (out / ".tmp-train-000003.tar.abc123").write_bytes(b"half a shard")
-    (out / ".tmp-train-000001.tar.zzz").write_bytes(b"someone else's")  # shard 1 is complete
-    render.main(out, inputs, workers=1)
+    (out / ".tmp-train-000001.tar.zzz").write_bytes(b"a killed range's")  # shard 1 is complete
+    # A range render clears only its own shards' temporaries: others may be a live range's.
+    render.main(out, inputs, workers=1, shard_range="3:4")
     assert not (out / ".tmp-train-000003.tar.abc123").exists()
     assert (out / ".tmp-train-000001.tar.zzz").exists()
+    # A whole render holds the folder alone (live ranges are refused): every temporary is stale.
+    render.main(out, inputs, workers=1)
+    assert not (out / ".tmp-train-000001.tar.zzz").exists()
     assert _tree(out) == _tree(rendered)
 
 
