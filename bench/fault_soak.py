@@ -1,6 +1,6 @@
 """Fault soak: kill render, pretraining and evaluation at random moments, resume, compare bytes.
 
-    .venv/bin/python bench/fault_soak.py                 # 7 kills per stage (21), ~5 min on 2 cores
+    .venv/bin/python bench/fault_soak.py                 # 10 kills per stage (30), ~4 min on 2 cores
     .venv/bin/python bench/fault_soak.py --kills 3 --seed 1
 
 On a tiny pipeline (the project's params.yaml with small sizes, `synth demo-data --scale tiny`),
@@ -31,7 +31,7 @@ REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
 TINY = {
-    "synth": ["synth.num_shards=4", "synth.samples_per_shard=24", "synth.canvas=64"],
+    "synth": ["synth.num_shards=8", "synth.samples_per_shard=64", "synth.canvas=64"],
     "pretrain": [
         "pretrain.steps=24",
         "pretrain.batch_size=8",
@@ -155,7 +155,7 @@ def clear(path: Path) -> None:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--kills", type=int, default=7, help="kills in a row per stage (default 7)")
+    ap.add_argument("--kills", type=int, default=10, help="kills per stage (default 10)")
     ap.add_argument("--seed", type=int, default=0, help="seed of the kill moments")
     args = ap.parse_args()
     rng = random.Random(args.seed)

@@ -220,12 +220,18 @@ def raw_samples(spec: StreamSpec, stream: int, guard: _ReadGuard) -> Iterator[di
             if guard.fatal is not None:
                 return
             k = int(pick.integers(len(spec.urls)))
+            if spec.digests is None:  # unchecked: streamed from the file as it is read
+                yield {"url": spec.urls[k]}
+                continue
             opened = open_checked(spec, k, guard)
             if opened is not None:
                 yield opened
 
     def samples() -> Iterator[dict[str, Any]]:
-        files = wds.tariterators.tar_file_expander(shards(), handler=guard.handler)
+        streams = shards()
+        if spec.digests is None:
+            streams = wds.tariterators.url_opener(streams, handler=guard.handler)
+        files = wds.tariterators.tar_file_expander(streams, handler=guard.handler)
         for sample in wds.tariterators.group_by_keys(files, handler=guard.handler):
             # A held-out sample was readable: it counts as a read for the corrupt-shard guard,
             # or a shard held out whole, drawn a few times in a row, would look corrupt.
@@ -250,14 +256,13 @@ def open_checked(spec: StreamSpec, k: int, guard: _ReadGuard) -> dict[str, Any] 
             data = f.read()
     except OSError as err:
         return _refuse(spec, guard, url, f"unreadable ({err.strerror or err})")
-    if spec.digests is not None:
-        digest = hashlib.sha256(data).hexdigest()
-        if digest != spec.digests[k]:
-            why = (
-                f"sha256 {digest[:12]}… does not match the manifest's {spec.digests[k][:12]}… "
-                f"({len(data)} bytes): changed or damaged since `synth render` wrote it"
-            )
-            return _refuse(spec, guard, url, why)
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != spec.digests[k]:
+        why = (
+            f"sha256 {digest[:12]}… does not match the manifest's {spec.digests[k][:12]}… "
+            f"({len(data)} bytes): changed or damaged since `synth render` wrote it"
+        )
+        return _refuse(spec, guard, url, why)
     return {"url": url, "stream": io.BytesIO(data)}
 
 
