@@ -104,3 +104,15 @@ def held_by_another_process(folder: Path, command: str, beside: bool = False) ->
     finally:
         proc.kill()
         proc.wait()
+
+
+def tiny_pretrain(*keys: str) -> list[str]:
+    """`pretrain --set` arguments for a few-second run on the train tests' tiny shards."""
+    base = (
+        "pretrain.batch_size=3",
+        "pretrain.augment.crop=64",
+        "pretrain.workers=0",
+        "pretrain.queue_size=48",
+        "pretrain.monitor.holdout=0",
+    )
+    return [x for key in (*base, *keys) for x in ("--set", key)]

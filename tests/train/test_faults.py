@@ -7,18 +7,10 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
-from tests.faults import SmallDisk, held_by_another_process
+from tests.faults import SmallDisk, held_by_another_process, tiny_pretrain
 from train.cli import main
 
-TINY = [
-    "--set", "pretrain.steps=4",
-    "--set", "pretrain.checkpoint_every=2",
-    "--set", "pretrain.batch_size=3",
-    "--set", "pretrain.augment.crop=64",
-    "--set", "pretrain.workers=0",
-    "--set", "pretrain.queue_size=48",
-    "--set", "pretrain.monitor.holdout=0",
-]  # fmt: skip
+TINY = tiny_pretrain("pretrain.steps=4", "pretrain.checkpoint_every=2")
 
 
 def _pretrain(shards: Path, out: Path, *extra: str):

@@ -11,17 +11,11 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from tests.faults import tiny_pretrain
 from train.cli import main
 from train.data import Needs, StreamSpec, make_loader, open_shards
 
-TINY = [
-    "--set", "pretrain.steps=3",
-    "--set", "pretrain.batch_size=3",
-    "--set", "pretrain.augment.crop=64",
-    "--set", "pretrain.workers=0",
-    "--set", "pretrain.queue_size=48",
-    "--set", "pretrain.monitor.holdout=0",
-]  # fmt: skip
+TINY = tiny_pretrain("pretrain.steps=3")
 
 
 def scramble_jpeg(shard: Path) -> None:
