@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -125,9 +126,10 @@ def soak(
     random moments until a run finishes, and its output is compared. (kills, chains, all equal)"""
     out, done, chains, same = out_of(cmd), 0, 0, True
     while done < kills:
-        clear(out)
+        shutil.rmtree(out, ignore_errors=True)
         while True:
-            again = cmd + (["--resume"] if stage == "pretrain" and resumable(cmd) else [])
+            resume = stage == "pretrain" and (out / "checkpoint.pt").is_file()
+            again = cmd + ["--resume"] * resume
             limit = rng.uniform(0.05, 0.95) * took if done < kills else None
             killed, _ = run(again, cwd, kill_after=limit)
             if not killed:
@@ -141,16 +143,6 @@ def soak(
 def listing(out: Path) -> set[str]:
     """Every file name under an output: no lock, beacon or temporary may be left behind."""
     return {str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()}
-
-
-def resumable(cmd: list[str]) -> bool:
-    return (out_of(cmd) / "checkpoint.pt").is_file()
-
-
-def clear(path: Path) -> None:
-    import shutil
-
-    shutil.rmtree(path, ignore_errors=True)
 
 
 def main() -> int:

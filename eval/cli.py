@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+from contextlib import nullcontext
 from pathlib import Path
 
 import click
@@ -82,10 +83,8 @@ def main(ctx: click.Context, task, init, data, out, protocol, params, overrides,
         return
     if not init or not out:
         raise UserError("--init and --out are required (see evaluate --help)")
-    if int(os.environ.get("RANK", "0")) == 0:  # one lock per job, held by rank 0
-        with hold(Path(out), "evaluate", beside=True):
-            _run(task, init, data, out, protocol, params, overrides)
-    else:
+    rank0 = int(os.environ.get("RANK", "0")) == 0  # one lock per job, held by rank 0
+    with hold(Path(out), "evaluate", beside=True) if rank0 else nullcontext():
         _run(task, init, data, out, protocol, params, overrides)
 
 

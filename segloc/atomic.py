@@ -43,6 +43,17 @@ def is_disk_full(err: BaseException) -> bool:
     return isinstance(err, OSError) and err.errno in FULL
 
 
+@contextlib.contextmanager
+def names_full_disk(path: str | os.PathLike) -> Iterator[None]:
+    """A full disk (ENOSPC, EDQUOT) inside the block becomes `DiskFull(path)`."""
+    try:
+        yield
+    except OSError as err:
+        if is_disk_full(err):
+            raise DiskFull(path) from err
+        raise
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
@@ -53,24 +64,17 @@ def _umask() -> int:
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary file path beside `path`; rename it to `path` when the block succeeds."""
     path = Path(path)
-    try:
+    with names_full_disk(path):
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, name = tempfile.mkstemp(prefix=TMP_PREFIX + path.name + ".", dir=path.parent)
-    except OSError as err:
-        if is_disk_full(err):
-            raise DiskFull(path) from err
-        raise
     os.close(fd)
     tmp = Path(name)
     # mkstemp makes the file owner-only; outputs get the permissions a plain open() would give.
     tmp.chmod(0o666 & ~_umask())
     try:
-        yield tmp
-        os.replace(tmp, path)
-    except OSError as err:
-        if is_disk_full(err):
-            raise DiskFull(path) from err
-        raise
+        with names_full_disk(path):
+            yield tmp
+            os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -79,24 +83,20 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary folder beside `path`; it replaces `path` (removed first) on success."""
     path = Path(path)
-    try:
+    with names_full_disk(path):
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=TMP_PREFIX + path.name + ".", dir=path.parent))
-    except OSError as err:
-        if is_disk_full(err):
-            raise DiskFull(path) from err
-        raise
     tmp.chmod(0o777 & ~_umask())
     try:
-        yield tmp
-        if path.exists():
-            shutil.rmtree(path)
-        os.replace(tmp, path)
+        with names_full_disk(path):
+            yield tmp
+            if path.exists():
+                shutil.rmtree(path)
+            os.replace(tmp, path)
     except DiskFull as err:
-        raise DiskFull(path / err.path.relative_to(tmp)) from err
-    except OSError as err:
-        if is_disk_full(err):
-            raise DiskFull(path) from err
+        # A file of the folder named its temporary path: name the path it would have had.
+        if err.path.is_relative_to(tmp):
+            raise DiskFull(path / err.path.relative_to(tmp), err.hint) from err
         raise
     finally:
         if tmp.exists():

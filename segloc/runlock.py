@@ -25,7 +25,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from segloc.atomic import TMP_PREFIX, DiskFull, is_disk_full
+from segloc.atomic import TMP_PREFIX, names_full_disk
 from segloc.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -86,8 +86,6 @@ def hold(
     shard_range: tuple[int, int] | None = None,
     ranged: bool = False,
     beside: bool = False,
-    _name: str | None = None,
-    _own: Path | None = None,
 ) -> Iterator[Path]:
     """Hold `folder` for this process; a live holder makes this a UserError naming its pid.
 
@@ -96,17 +94,13 @@ def hold(
     output that is replaced whole when complete (`evaluate`).
     """
     folder = Path(folder)
-    if beside:
-        with hold(folder.parent, command, _name=f".{folder.name}{LOCK}", _own=folder) as path:
-            yield path
-        return
+    where = folder.parent if beside else folder  # the folder the lock file lies in
     try:
-        folder.mkdir(parents=True, exist_ok=True)
+        with names_full_disk(where):
+            where.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        if is_disk_full(err):
-            raise DiskFull(folder) from err
-        raise UserError(f"{folder}: cannot create the output folder ({err.strerror})") from err
-    path = folder / (_name or lock_name(shard_range))
+        raise UserError(f"{where}: cannot create the output folder ({err.strerror})") from err
+    path = where / (f".{folder.name}{LOCK}" if beside else lock_name(shard_range))
     fd = _take(path)
     try:
         try:
@@ -121,16 +115,12 @@ def hold(
             if ranged:
                 _check_ranges(folder, path, shard_range)
             if shard_range is None:  # no other writer now: a killed run's temporaries go
-                _clear_temporaries(folder, _own)
+                _clear_temporaries(folder, beside)
             info = {"pid": os.getpid(), "command": command, "started": time.time()}
             info["argv"] = sys.argv
-            try:
+            with names_full_disk(path):
                 os.ftruncate(fd, 0)
                 os.pwrite(fd, (json.dumps(info) + "\n").encode(), 0)
-            except OSError as err:
-                if is_disk_full(err):
-                    raise DiskFull(path) from err
-                raise
             yield path
         finally:
             # Whatever ends this holder, it leaves nothing behind (outputs are DVC-tracked
@@ -144,10 +134,9 @@ def _take(path: Path) -> int:
     """An fd holding the exclusive lock on the file now at `path` (another holder: refused)."""
     while True:
         try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            with names_full_disk(path):
+                fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as err:
-            if is_disk_full(err):
-                raise DiskFull(path) from err
             raise UserError(f"{path}: cannot create the run lock ({err.strerror})") from err
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -163,9 +152,12 @@ def _take(path: Path) -> int:
         os.close(fd)  # its holder removed it as we opened it: lock the file now there
 
 
-def _clear_temporaries(folder: Path, own: Path | None) -> None:
-    """Temporaries (`segloc.atomic`) a killed run left: under `folder`, or beside it for `own`."""
-    found = folder.glob(f"{TMP_PREFIX}{own.name}.*") if own else folder.rglob(f"{TMP_PREFIX}*")
+def _clear_temporaries(folder: Path, beside: bool) -> None:
+    """Temporaries (`segloc.atomic`) a killed run left: under `folder`, or of it beside it."""
+    if beside:
+        found = folder.parent.glob(f"{TMP_PREFIX}{folder.name}.*")
+    else:
+        found = folder.rglob(f"{TMP_PREFIX}*")
     for tmp in list(found):
         if tmp.is_dir():
             shutil.rmtree(tmp, ignore_errors=True)

@@ -101,8 +101,8 @@ def main(
     data = load_data_config(params)
     cfg = resolve_config(params, num_shards, samples_per_shard, skip_bad_inputs)
     start, stop = parse_range(shard_range, cfg.num_shards)
-    ranged = (start, stop) if shard_range is not None else None
-    with hold(out, "synth render", ranged, ranged=True):
+    own = (start, stop) if shard_range is not None else None  # None: the whole folder
+    with hold(out, "synth render", own, ranged=True):
         return _render(cfg, data, Path(out), start, stop, workers)
 
 

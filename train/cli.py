@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from contextlib import nullcontext
 from pathlib import Path
 
 import click
@@ -101,16 +102,14 @@ def main(
     """Pretrain a backbone on rendered two-view shards and export it for fine-tuning."""
     _setup_logging(verbose)
     cfg = load_pretrain_config(resolve_params(params_file, overrides))
-    argv = sys.argv[1:]
-    if nproc > 1 and not dist.launched_by_torchrun():
-        with hold(out, "pretrain"):
-            sys.exit(ranks.launch(nproc, argv, out))
+    launcher = nproc > 1 and not dist.launched_by_torchrun()
     rank0 = not dist.launched_by_torchrun() or int(os.environ.get("RANK", 0)) == 0
+    # One lock per job: the launcher's, or rank 0's when torchrun (or nothing) started the ranks.
+    holder = launcher or (rank0 and not ranks.under_launcher())
     try:
-        if rank0 and not ranks.under_launcher():
-            with hold(out, "pretrain"):
-                run(cfg, method, shards_dir, out, resume=resume)
-        else:
+        with hold(out, "pretrain") if holder else nullcontext():
+            if launcher:
+                sys.exit(ranks.launch(nproc, sys.argv[1:], out))
             run(cfg, method, shards_dir, out, resume=resume)
     except Interrupted as err:
         log.warning("%s", err)
@@ -121,9 +120,10 @@ def main(
         sys.stderr.flush()
         os._exit(ranks.PEER_LOST)  # no teardown: the process group has lost a member
     except DiskFull as err:
-        if (out / "checkpoint.pt").is_file():
-            err.message += " with --resume (training goes on from the last checkpoint)"
-        raise
+        if not (out / "checkpoint.pt").is_file():
+            raise
+        hint = "run the same command with --resume (training goes on from the last checkpoint)"
+        raise DiskFull(err.path, hint) from err
     finally:
         dist.teardown()
 

@@ -267,14 +267,17 @@ def open_checked(spec: StreamSpec, k: int, guard: _ReadGuard) -> dict[str, Any] 
 
 
 def _refuse(spec: StreamSpec, guard: _ReadGuard, url: str, why: str) -> None:
+    """fail: the stream stops with this reason; skip: the shard is named once and left out."""
     if spec.bad_data == "fail":
         guard.fatal = (
             f"shard {url}: {why}. Render it again (`synth render` rewrites it byte-identical) "
             "or set pretrain.bad_data=skip to train without it"
         )
-        return None
-    guard.bad_shard(url, why)
-    return None
+    else:
+        guard.bad_shard(url, why)
+
+
+RENDER_OR_SKIP = "render the shard again, or set pretrain.bad_data=skip"
 
 
 def stream_batches(spec: StreamSpec, stream: int) -> Iterator[dict[str, Any]]:
@@ -289,20 +292,15 @@ def stream_batches(spec: StreamSpec, stream: int) -> Iterator[dict[str, Any]]:
     for _ in range(todo):
         errors_before = guard.errors
         raws = list(islice(raw, spec.batch_size))
-        if guard.fatal is not None:
-            yield {"fatal": guard.fatal}
+        unreadable = guard.errors - errors_before
+        if guard.fatal is None and unreadable and spec.bad_data == "fail":
+            guard.fatal = f"unreadable shard data ({guard.last_error}); {RENDER_OR_SKIP}"
+        batch = {"fatal": guard.fatal} if guard.fatal is not None else decode_batch(raws, spec)
+        if "fatal" in batch:  # the loop stops the run with this line
+            yield batch
             return
-        batch = decode_batch(raws, spec)
-        if "fatal" in batch:
-            yield {"fatal": batch["fatal"]}
-            return
-        if guard.errors > errors_before:
-            batch["skipped"]["unreadable shard data"] = guard.errors - errors_before
-        if spec.bad_data == "fail" and batch["skipped"]:
-            what = batch.get("fatal_sample") or f"unreadable shard data ({guard.last_error})"
-            yield {"fatal": f"{what}; render the shard again, or set pretrain.bad_data=skip"}
-            return
-        batch.pop("fatal_sample", None)
+        if unreadable:
+            batch["skipped"]["unreadable shard data"] = unreadable
         batch["bad_shards"] = {u: w for u, w in guard.bad_shards.items() if u not in named}
         named.update(batch["bad_shards"])
         yield batch
@@ -321,13 +319,10 @@ def decode_batch(raws: list[dict[str, Any]], spec: StreamSpec) -> dict[str, Any]
                 log.warning("skipping %s: %s", where, reason)
             skipped[reason] += 1
     if first is not None and spec.bad_data == "fail":
-        return {"skipped": dict(skipped), "fatal_sample": first}
+        return {"fatal": f"{first}; {RENDER_OR_SKIP}"}
     if not samples:  # bad_data=skip, and nothing left: the shards are damaged beyond skipping
-        return {
-            "skipped": dict(skipped),
-            "fatal": f"every sample of a batch failed to decode "
-            f"({first}; {sum(skipped.values())} in all)",
-        }
+        n = sum(skipped.values())
+        return {"fatal": f"every sample of a batch failed to decode ({first}; {n} in all)"}
     batch = collate(samples, spec.needs)
     batch["skipped"] = dict(skipped)
     return batch

@@ -62,9 +62,9 @@ class Session:
     train_model: nn.Module  # the same, DDP-wrapped under torchrun
     opt: torch.optim.Optimizer
     state: RunState
+    beacon: Beacon  # step and checkpoint step for the launcher (train.ranks)
     monitor: Monitor | None = None  # None: pretrain.monitor.holdout is 0
     held_out: int = 0  # samples the stream skips (the monitor's)
-    beacon: Beacon | None = None  # step and checkpoint step for the launcher (train.ranks)
 
     @property
     def train_samples(self) -> int:
@@ -111,18 +111,15 @@ def run(
 ) -> RunResult:
     """Train `method` on the shards; `stop_at` ends early as an interruption would (tests)."""
     s = setup(cfg, method, shards_dir, Path(out), resume)
-    beacon = Beacon(s.ctx.rank)
-    beacon.update(s.state.step, s.state.step if resume else -1)
-    s.beacon = beacon
     try:
         finished = loop(s, min(s.ctx.total, stop_at) if stop_at is not None else s.ctx.total)
         metrics = summary(s) if finished else {}
     except Exception as err:
         if dist.active() and is_peer_loss(err):
-            raise PeerLost(s.ctx.rank, s.state.step, beacon.ckpt) from err
+            raise PeerLost(s.ctx.rank, s.state.step, s.beacon.ckpt) from err
         raise
     finally:
-        beacon.close()
+        s.beacon.close()
     if finished and s.ctx.rank == 0:
         finish(s, metrics)
     return RunResult(s.model, s.state, finished, metrics)
@@ -143,9 +140,13 @@ def setup(
     peak_lr = scaled_lr(cfg.lr, cfg.batch_size * env.world)
     ctx = StepContext(cfg, preset, total, peak_lr, device, env.rank, shards.classes)
     wrapped = _wrap(model, device)
-    s = Session(cfg, method, shards, out, ctx, model, wrapped, opt, RunState(), monitor, held_out)
+    beacon = Beacon(env.rank)
+    s = Session(
+        cfg, method, shards, out, ctx, model, wrapped, opt, RunState(), beacon, monitor, held_out
+    )
     if resume:
         s.state = load_checkpoint(out / "checkpoint.pt", model, opt, s.identity)
+        beacon.update(s.state.step, checkpoint=s.state.step)
     if env.main:
         write_json(
             out / "config.json",
@@ -323,8 +324,7 @@ def loop(s: Session, stop: int) -> bool:
                 loader = make_loader(spec, s.cfg.workers, pin_memory=s.ctx.device.type == "cuda")
                 for batch in loader:
                     one_step(s, batch)
-                    if s.beacon is not None:
-                        s.beacon.update(step=s.state.step)
+                    s.beacon.update(step=s.state.step)
                     monitor_pass(s)
                     bar.update(1)
                     bar.set_postfix(
@@ -396,8 +396,7 @@ def checkpoint(s: Session) -> None:
     if s.ctx.rank != 0:
         return
     save_checkpoint(s.out / "checkpoint.pt", s.model, s.opt, s.state, s.identity)
-    if s.beacon is not None:
-        s.beacon.update(checkpoint=s.state.step)
+    s.beacon.update(checkpoint=s.state.step)
     write_tsv(s.out / "plots" / "train.tsv", s.state.rows)
     write_tsv(s.out / "plots" / "monitor.tsv", s.state.monitor)
 

@@ -44,8 +44,8 @@ class Beacon:
         self.rank = rank
         self.step_done = 0
         self.ckpt = -1
-        self.parent = os.getppid()  # the launcher: if it goes, so does this rank
         folder = os.environ.get(_ENV)
+        self.parent = os.getppid() if folder else None  # the launcher: if it goes, so does this
         if folder:
             try:
                 os.makedirs(folder, exist_ok=True)
@@ -59,7 +59,7 @@ class Beacon:
             self.step_done = step
         if checkpoint is not None:
             self.ckpt = checkpoint
-        if under_launcher() and os.getppid() != self.parent:
+        if self.parent is not None and os.getppid() != self.parent:
             # The launcher was killed: it held the folder's lock, so nothing may write here now.
             print(
                 f"pretrain rank {self.rank}: the launcher is gone; stopping at step "
@@ -96,27 +96,24 @@ def read_beacon(folder: Path, rank: int) -> tuple[int, int, int] | None:
 
 def lost_peer_line(rank: int, step: int, ckpt: int, out: Path) -> str:
     """A survivor's own line (plain torchrun): it cannot tell which rank went first."""
-    if ckpt < 0:
-        then = "no checkpoint yet: run the same torchrun command again"
-    else:
-        then = (
-            f"the last checkpoint is step {ckpt} ({out / 'checkpoint.pt'}); resume with the same "
-            "torchrun command plus --resume"
-        )
     return (
         f"pretrain: rank {rank} lost contact with the other ranks at step {step} (one of them "
-        f"stopped or died); {then}"
+        f"stopped or died); {_resume_hint(ckpt, out, None)}"
     )
 
 
-def _resume_hint(ckpt: int, out: Path, argv: list[str]) -> str:
-    args = [a for a in argv if a != "--resume"]
+def _resume_hint(ckpt: int, out: Path, argv: list[str] | None) -> str:
+    """What to run next; `argv` None: the ranks came from a torchrun command we cannot see."""
     path = out / "checkpoint.pt"
+    if argv is None:
+        again, resume = "the same torchrun command", "the same torchrun command plus --resume"
+    else:
+        args = ["pretrain", *(a for a in argv if a != "--resume")]
+        again, resume = shlex.join(args), shlex.join([*args, "--resume"])
     if ckpt < 0 and not path.is_file():
-        return f"no checkpoint yet: run it again with: {shlex.join(['pretrain', *args])}"
-    cmd = shlex.join(["pretrain", *args, "--resume"])
+        return f"no checkpoint yet: run it again with: {again}"
     step = f"step {ckpt} " if ckpt >= 0 else ""
-    return f"the last checkpoint is {step}({path}); resume with: {cmd}"
+    return f"the last checkpoint is {step}({path}); resume with: {resume}"
 
 
 def is_peer_loss(err: BaseException) -> bool:
