@@ -5,11 +5,13 @@
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+# The cluster extra (dask, s3fs, gcsfs) and the S3 test server: what the test suite needs too.
+CLUSTER_STAMP := $(VENV)/.installed-cluster
 # Stage commands (synth, pretrain, evaluate, dvc) come from the venv.
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: setup lock repro compare paper gpu test test-slow lint format bench clean
+.PHONY: setup setup-cluster lock repro compare paper gpu test test-slow lint format bench clean
 
 setup: $(STAMP)
 
@@ -22,14 +24,26 @@ $(STAMP): requirements.lock pyproject.toml
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
-# Refresh the lock on purpose: every package to its newest release that pyproject.toml allows.
+# requirements-cluster.lock is a superset of requirements.lock with the same pins for every package
+# both hold (tests/test_locks.py), so it adds the extra without moving a render-affecting version.
+setup-cluster: $(CLUSTER_STAMP)
+
+$(CLUSTER_STAMP): $(STAMP) requirements-cluster.lock
+	$(PY) -m pip install -q --disable-pip-version-check --require-hashes -r requirements-cluster.lock
+	touch $(CLUSTER_STAMP)
+
+# Refresh the locks on purpose: every package to its newest release that pyproject.toml allows.
 # Render-affecting versions move the shards' bytes: re-run `make repro` and commit dvc.lock too.
+# The full lock is resolved first; the core lock takes its pins as constraints.
 PIPTOOLS := pip-tools==7.7.0
+LOCKFLAGS := --generate-hashes --allow-unsafe --strip-extras --no-emit-index-url \
+	--no-emit-find-links --build-deps-for editable
 lock:
 	test -x .lock-venv/bin/pip-compile || \
 		{ python3 -m venv .lock-venv && .lock-venv/bin/pip install -q "$(PIPTOOLS)"; }
-	.lock-venv/bin/pip-compile -q --upgrade --extra dev --generate-hashes --allow-unsafe \
-		--strip-extras --no-emit-index-url --no-emit-find-links --build-deps-for editable \
+	.lock-venv/bin/pip-compile -q --upgrade --extra dev --extra cluster $(LOCKFLAGS) \
+		-o requirements-cluster.lock pyproject.toml
+	.lock-venv/bin/pip-compile -q --extra dev -c requirements-cluster.lock $(LOCKFLAGS) \
 		-o requirements.lock pyproject.toml
 
 repro: setup
@@ -54,11 +68,11 @@ gpu:
 	OUT=gpu_out bench/gpu_profile.sh
 
 # The quick suite: everything but the tests marked slow (GPU tests skip themselves without CUDA).
-test: setup
+test: setup-cluster
 	$(PY) -m pytest -q -m "not slow"
 
 # The slow tests (whole small pipelines, DDP, the render check against dvc.lock). CI runs both.
-test-slow: setup
+test-slow: setup-cluster
 	$(PY) -m pytest -q -m slow
 
 lint: setup
@@ -69,7 +83,7 @@ format: setup
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
-bench: setup
+bench: setup-cluster
 	$(PY) bench/demo_data.py
 	$(PY) bench/render.py
 	$(PY) bench/train_step.py
@@ -77,6 +91,7 @@ bench: setup
 	test -f data/shards/manifest.json || dvc repro render
 	$(PY) bench/shard_check.py
 	$(PY) bench/fault_soak.py
+	$(PY) bench/cluster.py
 
 clean:
 	rm -rf .pytest_cache .ruff_cache gpu_out

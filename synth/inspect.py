@@ -13,8 +13,11 @@ offending samples.
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import logging
+import os
 import tarfile
 from collections import Counter
 from collections.abc import Iterator
@@ -29,6 +32,7 @@ from pycocotools import mask as mask_utils
 
 from segloc.atomic import atomic_path
 from segloc.errors import UserError
+from segloc.store import is_remote, join, local_path, normalize, read_bytes
 from synth.shards import (
     IGNORE,
     MANIFEST,
@@ -37,7 +41,7 @@ from synth.shards import (
     SampleError,
     decode_labels,
     decode_view,
-    file_sha256,
+    listed_shards,
     parse_meta,
     read_manifest,
 )
@@ -59,11 +63,15 @@ class Stats:
     errors: list[str] = field(default_factory=list)
 
 
-def iter_samples(path: Path) -> Iterator[tuple[str, dict[str, bytes]]]:
-    """(key, {suffix: bytes}) per sample of a tar, grouping consecutive members by key."""
+def iter_samples(
+    path: Path | str, data: bytes | None = None
+) -> Iterator[tuple[str, dict[str, bytes]]]:
+    """(key, {suffix: bytes}) per sample of a tar (the file at `path`, or `data` read from it),
+    grouping consecutive members by key."""
     key, members = None, {}
     try:
-        with tarfile.open(path, "r") as tar:
+        source = {"name": path} if data is None else {"fileobj": io.BytesIO(data)}
+        with tarfile.open(mode="r", **source) as tar:
             for info in tar:
                 if not info.isfile():
                     continue
@@ -154,40 +162,64 @@ def _check_instance(
     return mask
 
 
-def inspect_path(path: Path) -> Stats:
-    """Statistics and schema violations of a shard or of a rendered folder."""
-    shards, classes, stats = _shards_of(path)
-    for shard in shards:
+def inspect_path(path: Path | str) -> Stats:
+    """Statistics and schema violations of a shard or of a rendered folder (or URL prefix)."""
+    stats = Stats()
+    shards, classes = _shards_of(path, stats)
+    for shard, data in shards:
         stats.shards += 1
-        for key, members in iter_samples(shard):
+        for key, members in iter_samples(shard, data):
             _add_sample(stats, shard, key, members, classes)
     return stats
 
 
-def _shards_of(path: Path) -> tuple[list[Path], list[str] | None, Stats]:
-    stats = Stats()
+def _shards_of(
+    path: Path | str, stats: Stats
+) -> tuple[Iterator[tuple[Path | str, bytes | None]], list[str] | None]:
+    """(shard, its bytes or None to read the file) of a shard or render, lazily; the classes of
+    its manifest. A shard whose checksum differs from the manifest's is recorded in `stats`."""
+    if is_remote(path):
+        return _listed(normalize(str(path)), stats)
+    path = local_path(path)
     if path.is_file():
-        return [path], None, stats
+        return iter([(path, None)]), None
     if not path.is_dir():
         raise UserError(f"{path}: no such shard or folder")
     if not (path / MANIFEST).exists():
-        shards = sorted(path.glob("*.tar"))
         stats.errors.append(f"{path}: no {MANIFEST} (render incomplete?)")
-        return shards, None, stats
-    manifest = read_manifest(path / MANIFEST)
+        return ((shard, None) for shard in sorted(path.glob("*.tar"))), None
+    return _listed(path, stats)
+
+
+def _listed(
+    root: Path | str, stats: Stats
+) -> tuple[Iterator[tuple[Path | str, bytes | None]], list[str]]:
+    """The shards the manifest in `root` lists, each read once and checked against it."""
+    path = join(root, MANIFEST)
+    if is_remote(root):
+        try:
+            read_bytes(path)
+        except FileNotFoundError as err:
+            raise UserError(f"{path}: no manifest (not a finished render?)") from err
+    manifest = read_manifest(path)
     stats.classes = list(manifest["classes"])
-    shards = []
-    for entry in manifest["shards"]:
-        shard = path / entry["name"]
-        if not shard.exists() or file_sha256(shard) != entry["sha256"]:
-            stats.errors.append(f"{shard}: missing or checksum differs from {MANIFEST}")
-            continue
-        shards.append(shard)
-    return shards, stats.classes, stats
+
+    def shards() -> Iterator[tuple[Path | str, bytes | None]]:
+        for entry, shard in zip(manifest["shards"], listed_shards(root, manifest), strict=True):
+            try:
+                data = read_bytes(shard)
+            except FileNotFoundError:
+                data = None
+            if data is None or hashlib.sha256(data).hexdigest() != entry["sha256"]:
+                stats.errors.append(f"{shard}: missing or checksum differs from {MANIFEST}")
+                continue
+            yield shard, data
+
+    return shards(), stats.classes
 
 
 def _add_sample(
-    stats: Stats, shard: Path, key: str, members: dict, classes: list[str] | None
+    stats: Stats, shard: Path | str, key: str, members: dict, classes: list[str] | None
 ) -> None:
     stats.samples += 1
     for suffix, data in members.items():
@@ -195,7 +227,7 @@ def _add_sample(
     try:
         meta = validate_sample(key, members, classes)
     except SampleError as err:
-        stats.errors.append(f"{key} in {shard.name}: {err}")
+        stats.errors.append(f"{key} in {os.fspath(shard).rsplit('/', 1)[-1]}: {err}")
         return
     stats.classes = stats.classes or meta["classes"]
     for inst in meta["views"][0]["instances"]:
@@ -220,7 +252,7 @@ def format_stats(stats: Stats) -> str:
     return "\n".join(lines)
 
 
-def contact_sheet(path: Path, out: Path, count: int) -> None:
+def contact_sheet(path: Path | str, out: Path, count: int) -> None:
     """Both views of the first `count` samples side by side, instance outlines coloured by class."""
     import matplotlib
 
@@ -253,11 +285,11 @@ def contact_sheet(path: Path, out: Path, count: int) -> None:
     plt.close(fig)
 
 
-def _first_samples(path: Path, count: int) -> list[tuple[dict, dict]]:
-    shards, _, _ = _shards_of(path)
+def _first_samples(path: Path | str, count: int) -> list[tuple[dict, dict]]:
+    shards, _ = _shards_of(path, Stats())
     out = []
-    for shard in shards:
-        for _, members in iter_samples(shard):
+    for shard, data in shards:
+        for _, members in iter_samples(shard, data):
             out.append((members, json.loads(members["json"])))
             if len(out) == count:
                 return out
@@ -314,14 +346,17 @@ def _palette(n: int) -> list[tuple[int, int, int]]:
 
 
 @click.command(help="Print statistics of shards and check them against shard schema v1.")
-@click.argument("path", type=click.Path(exists=True, path_type=Path))
+@click.argument("path")
 @click.option(
     "--sheet",
     type=click.Path(dir_okay=False, path_type=Path),
     help="Write a contact sheet PNG of the first samples.",
 )
 @click.option("--sheet-samples", type=click.IntRange(min=1), default=8, show_default=True)
-def command(path: Path, sheet: Path | None, sheet_samples: int) -> None:
+def command(path: str, sheet: Path | None, sheet_samples: int) -> None:
+    """PATH: a shard, a render's folder, or its URL (s3://BUCKET/PREFIX, gs://...)."""
+    if not is_remote(path) and not local_path(path).exists():
+        raise UserError(f"{path}: no such shard or folder")
     stats = inspect_path(path)
     click.echo(format_stats(stats))
     if sheet is not None:

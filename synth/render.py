@@ -40,22 +40,23 @@ import click
 import cv2
 import numpy as np
 
-from segloc.atomic import TMP_PREFIX, DiskFull, write_json
+from segloc.atomic import TMP_PREFIX, DiskFull
 from segloc.config import DataConfig, load_data_config
 from segloc.errors import UserError
 from segloc.params import from_dict, load_run_params, to_dict
 from segloc.runlock import hold
+from segloc.store import Bucket, Folder, open_store
 from synth.compose import Composer
 from synth.config import SynthConfig
 from synth.shards import (
     MANIFEST,
     SCHEMA_VERSION,
     build_manifest,
+    complete_shards,
     encode_sample,
     fingerprint,
     range_manifest_name,
-    read_record,
-    shard_is_complete,
+    read_records,
     shard_name,
     write_record,
     write_shard,
@@ -82,8 +83,12 @@ class Job:
     data: DataConfig
     fg: Foregrounds
     bg: Backgrounds
-    out: Path
+    out: Folder | Bucket  # a local path is taken too, and opened
     fingerprint: str
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.out, Folder | Bucket):
+            object.__setattr__(self, "out", open_store(self.out))
 
 
 def main(
@@ -95,30 +100,67 @@ def main(
     workers: int = 1,
     shard_range: str | None = None,
     skip_bad_inputs: bool = False,
-) -> Path:
-    """Render the shards of `shard_range` (default: all) into `out`; returns the manifest path."""
+    distributor: str = "local",
+    scheduler: str | None = None,
+    shards_per_task: int = 1,
+) -> Path | str:
+    """Render the shards of `shard_range` (default: all) into `out`, a folder or a URL; returns
+    the manifest's path (or URL)."""
     params = load_run_params(params_path, overrides, {"data": DataConfig, "synth": SynthConfig})
     data = load_data_config(params)
     cfg = resolve_config(params, num_shards, samples_per_shard, skip_bad_inputs)
     start, stop = parse_range(shard_range, cfg.num_shards)
+    store = open_store(out)
+    store.check_writable()  # a missing bucket or credentials: now, before any work
+    engine = Engine(distributor, workers, scheduler, shards_per_task)
+    if store.remote:  # object stores have no locks; see docs/design.md §4.6
+        return _render(cfg, data, store, start, stop, engine)
     own = (start, stop) if shard_range is not None else None  # None: the whole folder
-    with hold(out, "synth render", own, ranged=True):
-        return _render(cfg, data, Path(out), start, stop, workers)
+    with hold(store.path, "synth render", own, ranged=True):
+        return _render(cfg, data, store, start, stop, engine)
 
 
-def _render(cfg: SynthConfig, data: DataConfig, out: Path, start: int, stop: int, workers: int):
+@dataclass(frozen=True)
+class Engine:
+    """Who renders: this machine's processes (`local`), or a dask cluster (`dask`: the address
+    of a running scheduler, or a local cluster of `workers` processes started for the run)."""
+
+    distributor: str = "local"
+    workers: int = 1
+    scheduler: str | None = None
+    shards_per_task: int = 1
+
+
+def _render(
+    cfg: SynthConfig,
+    data: DataConfig,
+    out: Folder | Bucket,
+    start: int,
+    stop: int,
+    engine: Engine,
+) -> Path | str:
     # Helpers start now, so that their start-up (a fresh interpreter importing OpenCV and numpy,
     # ~0.4 s) runs while this process loads the inputs; more than the range's shards would idle.
-    count = min(workers, stop - start) - 1
-    with helper_pool(count) if count > 0 else nullcontext() as pool:
+    count = min(engine.workers, stop - start) - 1
+    if engine.distributor == "dask":  # the cluster starts (or is reached) in the background
+        from synth.distribute import cluster, render_on_dask
+
+        starting = cluster(engine)
+    else:
+        starting = helper_pool(count) if count > 0 else nullcontext()
+    with starting as pool:
         fg, bg = load_inputs(data, cfg)
-        job = Job(cfg, data, fg, bg, Path(out), fingerprint(_identity(cfg, data, fg, bg)))
+        job = Job(cfg, data, fg, bg, out, fingerprint(_identity(cfg, data, fg, bg)))
         todo = plan(job, start, stop)
         if todo:
             # A manifest from an earlier render must not vouch for shards about to change.
-            (job.out / MANIFEST).unlink(missing_ok=True)
-            remove_partial(job.out, todo)
-            run(job, todo, workers, pool)
+            job.out.remove(MANIFEST)
+            if not job.out.remote:
+                remove_partial(job.out.path, todo)
+            if engine.distributor == "dask":
+                render_on_dask(job, todo, engine, client=pool())
+            else:
+                run(job, todo, engine.workers, pool)
     return write_manifests(job, start, stop)
 
 
@@ -204,11 +246,9 @@ def _identity(cfg: SynthConfig, data: DataConfig, fg: Foregrounds, bg: Backgroun
 
 def plan(job: Job, start: int, stop: int) -> list[int]:
     """Shards of [start, stop) that are not already on disk, whole and from the same inputs."""
-    todo = [
-        k
-        for k in range(start, stop)
-        if not shard_is_complete(job.out, read_record(job.out, k, job.fingerprint), verify=True)
-    ]
+    records = read_records(job.out, range(start, stop), job.fingerprint)
+    done = complete_shards(job.out, records, verify=True)
+    todo = [k for k, ok in zip(range(start, stop), done, strict=True) if not ok]
     if len(todo) < stop - start:
         log.info("%d of %d shards already complete", stop - start - len(todo), stop - start)
     return todo
@@ -271,7 +311,8 @@ def render_shard(
             )
 
     try:
-        info = write_shard(job.out / shard_name(shard), samples())
+        with job.out.writing(shard_name(shard)) as path:
+            info = write_shard(path, samples())
     except DiskFull:
         raise  # says itself what to do
     except UserError as err:
@@ -474,10 +515,11 @@ def helper_pool(count: int) -> Iterator[HelperPool]:
             executor.shutdown(wait=True, cancel_futures=True)
 
 
-def write_manifests(job: Job, start: int, stop: int) -> Path:
-    """manifest-A-B.json for a partial range; manifest.json once every shard is complete."""
+def write_manifests(job: Job, start: int, stop: int) -> Path | str:
+    """manifest-A-B.json for a partial range; manifest.json once every shard is complete (written
+    last: readers trust only the shards a manifest names)."""
     cfg, out = job.cfg, job.out
-    records = [read_record(out, k, job.fingerprint) for k in range(cfg.num_shards)]
+    records = read_records(out, range(cfg.num_shards), job.fingerprint)
     common = dict(
         num_shards=cfg.num_shards,
         samples_per_shard=cfg.samples_per_shard,
@@ -487,25 +529,28 @@ def write_manifests(job: Job, start: int, stop: int) -> Path:
         params={"synth": to_dict(cfg), "data": to_dict(job.data)},
         skipped_inputs=[b.as_dict() for b in (*job.fg.bad, *job.bg.bad)],
     )
-    path = out / MANIFEST
+    name = MANIFEST
     if (start, stop) != (0, cfg.num_shards):
-        path = out / range_manifest_name(start, stop)
-        write_json(path, build_manifest(records=records[start:stop], **common))
-    done = sum(shard_is_complete(out, r, verify=False) for r in records)
+        name = range_manifest_name(start, stop)
+        out.write_json(name, build_manifest(records=records[start:stop], **common))
+    done = sum(complete_shards(out, records, verify=False))
     if done == cfg.num_shards:
-        write_json(out / MANIFEST, build_manifest(records=records, **common))
-        log.info("%d shards complete: %s", done, out / MANIFEST)
-        return out / MANIFEST
-    log.info("%d of %d shards complete; %s is written once all are", done, cfg.num_shards, MANIFEST)
-    return path
+        name = MANIFEST
+        out.write_json(name, build_manifest(records=records, **common))
+        log.info("%d shards complete: %s", done, out.join(name))
+    else:
+        log.info(
+            "%d of %d shards complete; %s is written once all are", done, cfg.num_shards, MANIFEST
+        )
+    return out.join(name) if out.remote else out.path / name
 
 
 @click.command(help="Render cut-transform-paste composites into WebDataset shards.")
 @click.option(
     "--out",
     required=True,
-    type=click.Path(file_okay=False, path_type=Path),
-    help="Folder for the shards and manifest.json.",
+    help="Folder or URL (s3://BUCKET/PREFIX, gs://..., file://...) for the shards and "
+    "manifest.json; credentials from the environment (AWS_*, GOOGLE_APPLICATION_CREDENTIALS).",
 )
 @click.option("--num-shards", type=click.IntRange(min=1), help="Default: synth.num_shards.")
 @click.option(
@@ -516,7 +561,30 @@ def write_manifests(job: Job, start: int, stop: int) -> Path:
     type=click.IntRange(min=1),
     default=lambda: _cpus(),
     show_default="available CPUs",
-    help="Processes rendering whole shards, this one included.",
+    help="Processes rendering whole shards, this one included; with --distributor dask and no "
+    "--scheduler, the local cluster's worker processes.",
+)
+@click.option(
+    "--distributor",
+    type=click.Choice(["local", "dask"]),
+    default="local",
+    show_default=True,
+    help="local: this machine's processes. dask: tasks on a dask cluster (pip install "
+    "'segloc[cluster]'); each worker writes its shards straight to --out.",
+)
+@click.option(
+    "--scheduler",
+    metavar="ADDRESS",
+    envvar="DASK_SCHEDULER_ADDRESS",
+    help="A running dask scheduler, e.g. tcp://10.0.0.5:8786 [default: $DASK_SCHEDULER_ADDRESS, "
+    "else a local cluster of --workers processes]. Workers need the inputs at the same paths.",
+)
+@click.option(
+    "--shards-per-task",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="With --distributor dask: consecutive shards per task (fewer, longer tasks).",
 )
 @click.option("--shard-range", metavar="A:B", help="Render only shards A..B-1 (fan-out).")
 @click.option(
@@ -543,6 +611,9 @@ def command(
     num_shards,
     samples_per_shard,
     workers,
+    distributor,
+    scheduler,
+    shards_per_task,
     shard_range,
     params_path,
     overrides,
@@ -557,6 +628,9 @@ def command(
         workers,
         shard_range,
         skip_bad_inputs,
+        distributor,
+        scheduler if distributor == "dask" else None,
+        shards_per_task,
     )
     click.echo(str(path))
 

@@ -26,9 +26,10 @@ import cv2
 import numpy as np
 from pycocotools import mask as mask_utils
 
-from segloc.atomic import atomic_path, write_json
+from segloc.atomic import atomic_path
 from segloc.errors import UserError
 from segloc.provenance import RENDER, check_versions, versions
+from segloc.store import Bucket, Folder, is_remote, join, read_bytes
 
 SCHEMA_VERSION = 1
 SPLIT = "train"
@@ -229,36 +230,47 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def record_path(out: Path, shard: int) -> Path:
-    return out / RECORDS / (shard_name(shard).removesuffix(".tar") + ".json")
+def record_name(shard: int) -> str:
+    return f"{RECORDS}/{shard_name(shard).removesuffix('.tar')}.json"
 
 
-def write_record(out: Path, shard: int, record: dict[str, Any]) -> None:
-    write_json(record_path(out, shard), record)
+def write_record(out: Folder | Bucket, shard: int, record: dict[str, Any]) -> None:
+    out.write_json(record_name(shard), record)
 
 
-def read_record(out: Path, shard: int, fingerprint: str) -> dict[str, Any] | None:
-    """The record of a finished shard rendered with the same inputs, else None."""
+def read_records(
+    out: Folder | Bucket, shards: Iterable[int], fingerprint: str
+) -> list[dict[str, Any] | None]:
+    """Per shard, the record of its finished render with the same inputs, else None (missing,
+    damaged, or from other inputs). Read together: concurrent requests on object storage."""
+    shards = list(shards)
+    raw = out.read_many([record_name(k) for k in shards])
+    return [_record(raw.get(record_name(k)), fingerprint) for k in shards]
+
+
+def _record(raw: bytes | None, fingerprint: str) -> dict[str, Any] | None:
     try:
-        record = json.loads(record_path(out, shard).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        record = json.loads(raw.decode("utf-8")) if raw is not None else None
+    except ValueError:  # damaged: render the shard again
         return None
     if not isinstance(record, dict) or record.get("fingerprint") != fingerprint:
         return None
     return record
 
 
-def shard_is_complete(out: Path, record: dict[str, Any] | None, verify: bool) -> bool:
-    """Whether the shard a record describes is on disk, whole (size, and checksum if `verify`)."""
-    if record is None:
-        return False
-    path = out / record["name"]
-    try:
-        if path.stat().st_size != record["bytes"]:
-            return False
-    except OSError:
-        return False
-    return not verify or file_sha256(path) == record["sha256"]
+def complete_shards(
+    out: Folder | Bucket, records: list[dict[str, Any] | None], verify: bool
+) -> list[bool]:
+    """Per record, whether the shard it describes is there, whole: its size, and its checksum if
+    `verify` and the shard is a local file. An object store needs no checksum: an object appears
+    only once its upload is complete, and its record is written after it."""
+    sizes = out.sizes([r["name"] for r in records if r is not None])
+    return [
+        r is not None
+        and sizes.get(r["name"]) == r["bytes"]
+        and (not verify or out.remote or out.sha256(r["name"]) == r["sha256"])
+        for r in records
+    ]
 
 
 def fingerprint(obj: Any) -> str:
@@ -303,12 +315,13 @@ def build_manifest(
 # ---------------------------------------------------------------- reading (pretrain, inspect)
 
 
-def read_manifest(path: Path) -> dict[str, Any]:
-    """A manifest of the schema this code writes, its fields checked; `UserError` naming the file
-    otherwise. The shards it lists are not opened (`listed_shards` names them)."""
-    path = Path(path)
+def read_manifest(path: str | Path) -> dict[str, Any]:
+    """A manifest of the schema this code writes (a local path or a URL), its fields checked;
+    `UserError` naming the file otherwise. The shards it lists are not opened (`listed_shards`
+    names them)."""
+    path = path if is_remote(path) else Path(path)
     try:
-        manifest = json.loads(path.read_bytes())
+        manifest = json.loads(read_bytes(path))
     except FileNotFoundError as err:
         raise UserError(f"{path}: manifest not found (render incomplete?)") from err
     except (OSError, ValueError) as err:
@@ -325,7 +338,7 @@ def read_manifest(path: Path) -> dict[str, Any]:
     return manifest
 
 
-def _check_manifest_fields(path: Path, manifest: dict[str, Any]) -> None:
+def _check_manifest_fields(path: str | Path, manifest: dict[str, Any]) -> None:
     classes = manifest.get("classes")
     if not isinstance(classes, list) or not classes or not all(isinstance(c, str) for c in classes):
         raise UserError(f"{path}: 'classes' must be a non-empty list of names")
@@ -340,12 +353,13 @@ def _check_manifest_fields(path: Path, manifest: dict[str, Any]) -> None:
     for i, shard in enumerate(shards):
         name = shard.get("name") if isinstance(shard, dict) else None
         if not isinstance(name, str) or "/" in name:
-            raise UserError(f"{path}: shards[{i}] needs a file 'name' inside {path.parent}")
+            raise UserError(f"{path}: shards[{i}] needs a file 'name' beside the manifest")
 
 
-def listed_shards(manifest_path: Path, manifest: dict[str, Any]) -> list[Path]:
-    """The shard files a manifest read by `read_manifest` lists (they lie beside it)."""
-    return [Path(manifest_path).parent / shard["name"] for shard in manifest["shards"]]
+def listed_shards(root: str | Path, manifest: dict[str, Any]) -> list[str]:
+    """The shards a manifest read by `read_manifest` lists, as paths or URLs inside `root`, the
+    folder or prefix it lies in."""
+    return [join(root, shard["name"]) for shard in manifest["shards"]]
 
 
 class SampleError(ValueError):

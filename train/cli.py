@@ -61,8 +61,8 @@ def _setup_logging(verbose: bool) -> None:
     "--shards",
     "shards_dir",
     required=True,
-    type=click.Path(path_type=Path),
-    help="Folder of train-*.tar shards and manifest.json (synth render output).",
+    help="Folder or URL (s3://BUCKET/PREFIX, gs://...) of train-*.tar shards and manifest.json "
+    "(synth render output); credentials from the environment.",
 )
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Output folder.")
 @click.option(
@@ -91,7 +91,7 @@ def _setup_logging(verbose: bool) -> None:
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
 def main(
     method: str,
-    shards_dir: Path,
+    shards_dir: str,
     out: Path,
     params_file: str | None,
     overrides: tuple[str, ...],

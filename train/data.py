@@ -42,11 +42,19 @@ from pycocotools import mask as mask_utils
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from segloc.errors import UserError
+from segloc.store import (
+    filesystem,
+    is_remote,
+    join,
+    local_path,
+    normalize,
+    read_bytes,
+    storage_errors,
+)
 from synth.shards import (
     MANIFEST,
     decode_labels,
     decode_view,
-    file_sha256,
     listed_shards,
     parse_meta,
     read_manifest,
@@ -58,8 +66,8 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class ShardSet:
-    root: Path
-    manifest: Path
+    root: Path | str  # a folder, or a URL prefix (s3://, gs://, ...)
+    manifest: Path | str
     sha256: str  # of manifest.json: names the exact data a backbone was trained on
     urls: tuple[str, ...]
     classes: tuple[str, ...]  # class k (1-based) is classes[k - 1]
@@ -78,27 +86,51 @@ class Needs:
 
 
 def open_shards(root: str | Path) -> ShardSet:
-    root = Path(root)
-    if not root.is_dir():
-        raise UserError(f"{root}: shards folder not found (write one with `synth render`)")
-    path = root / MANIFEST
-    if not path.is_file():
-        raise UserError(f"{path}: manifest not found; is {root} the output of `synth render`?")
+    """The shards a render's manifest lists, in a local folder or under a URL (`segloc.store`):
+    only what the manifest names is read, so a render still under way is never trained on."""
+    if is_remote(root):
+        root = normalize(str(root))
+        path = join(root, MANIFEST)
+        try:
+            raw = read_bytes(path)
+        except FileNotFoundError as err:
+            raise UserError(
+                f"{path}: manifest not found; is {root} the output of a finished `synth render`?"
+            ) from err
+    else:
+        root = local_path(root)
+        if not root.is_dir():
+            raise UserError(f"{root}: shards folder not found (write one with `synth render`)")
+        path = root / MANIFEST
+        if not path.is_file():
+            raise UserError(f"{path}: manifest not found; is {root} the output of `synth render`?")
+        raw = path.read_bytes()
     manifest = read_manifest(path)
-    shards = listed_shards(path, manifest)
-    for shard in shards:
-        if not shard.is_file():
-            raise UserError(f"{shard}: shard listed in {path} is missing")
+    shards = listed_shards(root, manifest)
+    _check_listed(root, path, shards)
     return ShardSet(
         root,
         path,
-        file_sha256(path),
-        tuple(str(s) for s in shards),
+        hashlib.sha256(raw).hexdigest(),
+        tuple(shards),
         tuple(manifest["classes"]),
         manifest["canvas"],
         manifest["num_samples"],
         tuple(str(rec["sha256"]) for rec in manifest["shards"]),
     )
+
+
+def _check_listed(root: Path | str, manifest: Path | str, shards: list[str]) -> None:
+    """Every shard the manifest lists is there (one listing of the prefix for a URL)."""
+    if isinstance(root, Path):
+        present = {p.name for p in root.iterdir()}
+    else:
+        fs, prefix = filesystem(root)
+        with storage_errors(root):
+            present = {name.rsplit("/", 1)[-1] for name in fs.ls(prefix, detail=False)}
+    for shard in shards:
+        if shard.rsplit("/", 1)[-1] not in present:
+            raise UserError(f"{shard}: shard listed in {manifest} is missing")
 
 
 # ---------------------------------------------------------------- decoding one sample
@@ -252,10 +284,11 @@ def open_checked(spec: StreamSpec, k: int, guard: _ReadGuard) -> dict[str, Any] 
     if url in guard.bad_shards:
         return _refuse(spec, guard, url, guard.bad_shards[url])
     try:
-        with open(url, "rb") as f:
-            data = f.read()
+        data = read_bytes(url)
     except OSError as err:
         return _refuse(spec, guard, url, f"unreadable ({err.strerror or err})")
+    except UserError as err:  # object storage: credentials, network
+        return _refuse(spec, guard, url, f"unreadable ({err.message})")
     digest = hashlib.sha256(data).hexdigest()
     if digest != spec.digests[k]:
         why = (

@@ -24,6 +24,7 @@ Neither touches training: no grad, no optimizer, no global RNG, BatchNorm statis
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -38,6 +39,7 @@ from torch import nn
 
 from segloc.dense import fuse_stride8
 from segloc.errors import UserError
+from segloc.store import read_bytes
 from train.augment import normalise
 from train.config import MonitorConfig
 from train.data import BadSample, Needs, ShardSet, collate, decode_sample
@@ -91,7 +93,9 @@ def _tail_samples(shards: ShardSet, n: int) -> list[dict[str, Any]]:
         if len(tail) >= n:
             break
         try:
-            samples = list(wds.tarfile_samples([{"url": url}]))
+            stream = {"url": url, "stream": io.BytesIO(read_bytes(url))}
+            files = wds.tariterators.tar_file_expander([stream])
+            samples = list(wds.tariterators.group_by_keys(files))
         except Exception as err:  # webdataset raises whatever tarfile/IO raise
             raise UserError(f"{url}: cannot read the monitor's held-out samples ({err})") from err
         tail = samples[max(0, len(samples) - (n - len(tail))) :] + tail

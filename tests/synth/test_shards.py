@@ -149,7 +149,7 @@ def _manifest(**change) -> dict:
 def test_manifest_fields_are_checked(tmp_path, change, message):
     path = tmp_path / "manifest.json"
     path.write_text(json.dumps(_manifest()))
-    assert listed_shards(path, read_manifest(path)) == [tmp_path / "train-000000.tar"]
+    assert listed_shards(tmp_path, read_manifest(path)) == [str(tmp_path / "train-000000.tar")]
     path.write_text(json.dumps(_manifest(**change)))
     with pytest.raises(UserError, match=message):
         read_manifest(path)
