@@ -41,7 +41,8 @@ LOCKFLAGS := --generate-hashes --allow-unsafe --strip-extras --no-emit-index-url
 lock:
 	test -x .lock-venv/bin/pip-compile || \
 		{ python3 -m venv .lock-venv && .lock-venv/bin/pip install -q "$(PIPTOOLS)"; }
-	.lock-venv/bin/pip-compile -q --upgrade --extra dev --extra cluster $(LOCKFLAGS) \
+	.lock-venv/bin/pip-compile -q --upgrade --extra dev --extra cluster --extra test-cluster \
+		$(LOCKFLAGS) \
 		-o requirements-cluster.lock pyproject.toml
 	.lock-venv/bin/pip-compile -q --extra dev -c requirements-cluster.lock $(LOCKFLAGS) \
 		-o requirements.lock pyproject.toml

@@ -149,3 +149,10 @@ def test_an_unreachable_scheduler_is_one_line(tmp_path, tiny_params):
     line = _one_line_error([*args, "--scheduler", "tcp://127.0.0.1:9"])
     assert "dask scheduler tcp://127.0.0.1:9: unreachable" in line
     assert not (out / "manifest.json").exists() and not list(Path(out).glob("*.tar"))
+
+
+def test_inspect_names_a_missing_bucket_or_an_unfinished_render(bucket):
+    line = _one_line_error(["inspect", "s3://segloc-no-such-bucket/shards"])
+    assert "'segloc-no-such-bucket': no such bucket" in line
+    line = _one_line_error(["inspect", f"{bucket}/shards"])
+    assert f"{bucket}/shards/manifest.json: no manifest (not a finished render?)" in line

@@ -45,6 +45,14 @@ def test_a_prefix_without_a_finished_render_is_one_line(bucket, tmp_path):
     assert f"{bucket}/nothing/manifest.json: manifest not found" in result.output
 
 
+def test_a_missing_bucket_is_one_line(s3_server, tmp_path):
+    url = "s3://segloc-no-such-bucket/shards"
+    result = _pretrain(url, tmp_path / "run")
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert f"{url}/manifest.json: 'segloc-no-such-bucket': no such bucket" in result.output
+    assert not (tmp_path / "run" / "backbone.pt").exists()
+
+
 def test_a_damaged_object_is_named_as_it_streams(tiny_shards, bucket, tmp_path):
     from tests.s3 import s3fs_client
 
