@@ -345,7 +345,10 @@ def _palette(n: int) -> list[tuple[int, int, int]]:
     return [PALETTE[k] if k < len(PALETTE) else hues[k] for k in range(n)]
 
 
-@click.command(help="Print statistics of shards and check them against shard schema v1.")
+@click.command(
+    help="Print statistics of shards and check them against shard schema v1. PATH: a shard, a "
+    "render's folder, or its URL (s3://BUCKET/PREFIX, gs://...; credentials from the environment)."
+)
 @click.argument("path")
 @click.option(
     "--sheet",
@@ -354,7 +357,6 @@ def _palette(n: int) -> list[tuple[int, int, int]]:
 )
 @click.option("--sheet-samples", type=click.IntRange(min=1), default=8, show_default=True)
 def command(path: str, sheet: Path | None, sheet_samples: int) -> None:
-    """PATH: a shard, a render's folder, or its URL (s3://BUCKET/PREFIX, gs://...)."""
     if not is_remote(path) and not local_path(path).exists():
         raise UserError(f"{path}: no such shard or folder")
     stats = inspect_path(path)

@@ -56,6 +56,20 @@ def test_ranges_rendered_apart_give_the_same_bucket(local, bucket, tiny_params):
     assert {k: v for k, v in got.items() if not k.startswith("manifest-")} == local
 
 
+def test_a_tasks_error_is_the_renders_one_line(tmp_path):
+    """A background that fails its full decode inside a dask worker stops the render with the
+    worker's own message; only finished shards are left, and no manifest."""
+    from segloc.errors import UserError
+    from tests.synth.test_render import _truncated_background
+
+    params = _truncated_background(tmp_path / "in")
+    with pytest.raises(UserError, match=r"N00002.jpg: cannot decode image.*while rendering"):
+        render.main(tmp_path / "out", params, distributor="dask", workers=2)
+    assert not (tmp_path / "out" / "manifest.json").exists()
+    records = {p.stem for p in (tmp_path / "out" / ".records").glob("*.json")}
+    assert {p.stem for p in (tmp_path / "out").glob("*.tar")} == records
+
+
 def test_inspect_reads_a_bucket_and_names_a_damaged_object(bucket, tiny_params):
     url = f"{bucket}/shards"
     render.main(url, tiny_params, workers=1)
