@@ -52,11 +52,18 @@ _COMPOSERS: dict[str, Any] = {}
 
 @contextmanager
 def cluster(engine: Engine) -> Iterator[Callable[[], Any]]:
-    """Connect to the engine's scheduler, or start its local cluster, in the background from now
-    on (while the driver loads the inputs); yields a function that waits for it and returns the
-    client. `UserError` (from that function) naming a scheduler that cannot be reached."""
+    """Connect to the engine's scheduler now (`UserError` naming one that cannot be reached,
+    before any input is loaded), or start its local cluster in the background (while the driver
+    loads the inputs); yields a function that returns the client, waiting for it if need be."""
     if importlib.util.find_spec("distributed") is None:  # imported in the background below
         raise UserError("--distributor dask needs dask.distributed: pip install 'segloc[cluster]'")
+    if engine.scheduler is not None:
+        client, _ = _connect(engine)
+        try:
+            yield lambda: client
+        finally:
+            client.close()
+        return
     with ThreadPoolExecutor(1) as starter:
         starting = starter.submit(_connect, engine)
         try:

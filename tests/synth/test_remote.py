@@ -165,6 +165,21 @@ def test_an_unreachable_scheduler_is_one_line(tmp_path, tiny_params):
     assert not (out / "manifest.json").exists() and not list(Path(out).glob("*.tar"))
 
 
+def test_a_running_scheduler_renders_the_same_bytes(local, tmp_path, tiny_params):
+    """`--scheduler ADDRESS`: a scheduler and workers started apart from the render (here a local
+    cluster the test holds), joined by address."""
+    from dask.distributed import LocalCluster
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=None) as cluster:
+        render.main(
+            tmp_path / "joined",
+            tiny_params,
+            distributor="dask",
+            scheduler=cluster.scheduler_address,
+        )
+    assert files(tmp_path / "joined") == local
+
+
 def test_inspect_names_a_missing_bucket_or_an_unfinished_render(bucket):
     line = _one_line_error(["inspect", "s3://segloc-no-such-bucket/shards"])
     assert "'segloc-no-such-bucket': no such bucket" in line
