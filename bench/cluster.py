@@ -32,6 +32,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from tests.s3 import files, moto_server, s3fs_client, upload  # noqa: E402 - the tests' S3 server
+
 SYNTH = (sys.executable, "-c", "from synth.cli import main; main()")
 
 
@@ -44,14 +46,6 @@ def render(out: Path, num_shards: int, *engine: str) -> float:
     return time.perf_counter() - t0
 
 
-def tree(folder: Path) -> dict[str, bytes]:
-    return {
-        str(p.relative_to(folder)): p.read_bytes()
-        for p in sorted(folder.rglob("*"))
-        if p.is_file() and not p.name.startswith(".lock")
-    }
-
-
 def render_bench(tmp: Path, num_shards: int, rounds: int) -> Path:
     arms = {
         "--workers 2 (baseline)": ("--workers", "2"),
@@ -61,13 +55,13 @@ def render_bench(tmp: Path, num_shards: int, rounds: int) -> Path:
     times: dict[str, list[float]] = {name: [] for name in arms}
     base = tmp / "base"
     render(base, num_shards, *arms["--workers 2 (baseline)"])  # warm the page cache
-    reference = tree(base)
+    reference = files(base)
     for r in range(rounds):
         order = list(arms) if r % 2 == 0 else list(reversed(arms))
         for name in order:
             out = tmp / f"r{r}-{len(times[name])}"
             times[name].append(render(out, num_shards, *arms[name]))
-            if tree(out) != reference:
+            if files(out) != reference:
                 sys.exit(f"{name}: the render differs from the baseline's bytes")
             shutil.rmtree(out)
     samples = json.loads((base / "manifest.json").read_text())["num_samples"]
@@ -99,44 +93,14 @@ def loader_rate(shards_location: str, batches: int) -> float:
 
 
 def loader_bench(shards: Path, batches: int, rounds: int) -> None:
-    import socket
-
-    import fsspec
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        for _ in range(300):
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                time.sleep(0.05)
-        os.environ.update(
-            AWS_ACCESS_KEY_ID="bench",
-            AWS_SECRET_ACCESS_KEY="bench",
-            AWS_DEFAULT_REGION="us-east-1",
-            AWS_EC2_METADATA_DISABLED="true",
-            AWS_ENDPOINT_URL=f"http://127.0.0.1:{port}",
-        )
-        fs = fsspec.filesystem("s3")
-        fs.mkdir("bench")
-        for name, data in tree(shards).items():
-            fs.pipe_file(f"bench/shards/{name}", data)
+    with moto_server():
+        s3fs_client().mkdir("bench")
+        upload(shards, "s3://bench/shards")
         local, bucket = [], []
         for r in range(rounds):
             for remote in (False, True) if r % 2 == 0 else (True, False):
                 where = "s3://bench/shards" if remote else str(shards)
                 (bucket if remote else local).append(loader_rate(where, batches))
-    finally:
-        server.terminate()
-        server.wait()
     a, b = statistics.median(bucket), statistics.median(local)
     print(f"loader: {batches} batches of segloc's members, {rounds} rounds, pretrain.workers=0")
     print(f"  local disk        {b:7.1f} samples/s (runs {', '.join(f'{x:.0f}' for x in local)})")

@@ -20,15 +20,13 @@ failure becomes one `UserError` line naming the URL (`storage_errors`). s3fs and
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from segloc.atomic import write_bytes, write_json
+from segloc.atomic import write_json
 from segloc.errors import UserError
 
 # Protocols whose first path component is a bucket that must exist before anything is written.
@@ -177,16 +175,13 @@ class Folder:
     def read_bytes(self, name: str) -> bytes:
         return (self.path / name).read_bytes()
 
-    def size(self, name: str) -> int | None:
-        try:
-            return (self.path / name).stat().st_size
-        except OSError:
-            return None
-
     def sizes(self, names: list[str]) -> dict[str, int]:
         """The sizes of those of `names` that exist."""
-        found = {name: self.size(name) for name in names}
-        return {name: size for name, size in found.items() if size is not None}
+        found = {}
+        for name in names:
+            with contextlib.suppress(OSError):
+                found[name] = (self.path / name).stat().st_size
+        return found
 
     def read_many(self, names: list[str]) -> dict[str, bytes]:
         """The contents of those of `names` that exist and can be read."""
@@ -195,16 +190,6 @@ class Folder:
             with contextlib.suppress(OSError):
                 out[name] = self.read_bytes(name)
         return out
-
-    def sha256(self, name: str) -> str:
-        h = hashlib.sha256()
-        with open(self.path / name, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-        return h.hexdigest()
-
-    def write_bytes(self, name: str, data: bytes) -> None:
-        write_bytes(self.path / name, data)
 
     def write_json(self, name: str, obj: Any) -> None:
         write_json(self.path / name, obj)
@@ -256,13 +241,6 @@ class Bucket:
         with storage_errors(self.join(name), missing_ok=True):
             return self.fs.cat_file(self._path(name))
 
-    def size(self, name: str) -> int | None:
-        try:
-            with storage_errors(self.join(name), missing_ok=True):
-                return int(self.fs.info(self._path(name))["size"])
-        except FileNotFoundError:
-            return None
-
     def sizes(self, names: list[str]) -> dict[str, int]:
         """The sizes of those of `names` that exist, from one listing of the prefix (a request
         per 1,000 objects on S3, instead of one per name)."""
@@ -285,15 +263,9 @@ class Bucket:
             got = self.fs.cat(list(paths.values()), on_error="omit")
         return {name: got[path] for name, path in paths.items() if path in got}
 
-    def sha256(self, name: str) -> str:
-        return hashlib.sha256(self.read_bytes(name)).hexdigest()
-
-    def write_bytes(self, name: str, data: bytes) -> None:
-        with storage_errors(self.join(name)):
-            self.fs.pipe_file(self._path(name), bytes(data))
-
     def write_json(self, name: str, obj: Any) -> None:
-        self.write_bytes(name, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+        with self.writing(name) as path:  # the same bytes as a local file's
+            write_json(path, obj)
 
     def remove(self, name: str) -> None:
         try:
@@ -315,13 +287,9 @@ class Bucket:
     def check_writable(self) -> None:
         """Fail now, in one line, if the bucket is missing or the credentials or endpoint are
         wrong: before inputs are loaded, not after the first shard."""
-        if self.fs.protocol and set(_as_tuple(self.fs.protocol)) & BUCKETED:
+        if _protocol(self.url) in BUCKETED:
             try:  # a real request: bucket, credentials and endpoint
                 with storage_errors(self.url, missing_ok=True):
                     self.fs.ls(self.root, detail=False, refresh=True)
             except FileNotFoundError:
                 pass  # the bucket is there (storage_errors names a missing one): a new prefix
-
-
-def _as_tuple(value: str | tuple[str, ...]) -> tuple[str, ...]:
-    return (value,) if isinstance(value, str) else tuple(value)

@@ -268,7 +268,7 @@ def complete_shards(
     return [
         r is not None
         and sizes.get(r["name"]) == r["bytes"]
-        and (not verify or out.remote or out.sha256(r["name"]) == r["sha256"])
+        and (not verify or out.remote or file_sha256(out.path / r["name"]) == r["sha256"])
         for r in records
     ]
 
@@ -315,13 +315,13 @@ def build_manifest(
 # ---------------------------------------------------------------- reading (pretrain, inspect)
 
 
-def read_manifest(path: str | Path) -> dict[str, Any]:
-    """A manifest of the schema this code writes (a local path or a URL), its fields checked;
-    `UserError` naming the file otherwise. The shards it lists are not opened (`listed_shards`
-    names them)."""
+def read_manifest(path: str | Path, data: bytes | None = None) -> dict[str, Any]:
+    """A manifest of the schema this code writes (a local path or a URL; `data`: its bytes, already
+    read), its fields checked; `UserError` naming the file otherwise. The shards it lists are not
+    opened (`listed_shards` names them)."""
     path = path if is_remote(path) else Path(path)
     try:
-        manifest = json.loads(read_bytes(path))
+        manifest = json.loads(read_bytes(path) if data is None else data)
     except FileNotFoundError as err:
         raise UserError(f"{path}: manifest not found (render incomplete?)") from err
     except (OSError, ValueError) as err:

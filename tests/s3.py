@@ -8,6 +8,7 @@ the user's own AWS files are turned off, so nothing leaves loopback.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -41,11 +42,10 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="session")
-def s3_server() -> Iterator[str]:
-    """The endpoint URL of a moto server on loopback; the environment points S3 clients at it."""
-    pytest.importorskip("moto.server", reason="needs moto[server] (requirements-cluster.lock)")
-    pytest.importorskip("s3fs", reason="s3:// needs s3fs: pip install '.[cluster]'")
+@contextlib.contextmanager
+def moto_server() -> Iterator[str]:
+    """A moto S3 server on loopback for the block; yields its endpoint URL, the environment
+    pointing S3 clients at it (restored after). Used by the fixture and by bench/cluster.py."""
     port = _free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
@@ -74,6 +74,15 @@ def s3_server() -> Iterator[str]:
                 os.environ[key] = value
         proc.terminate()
         proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[str]:
+    """The endpoint URL of a moto server on loopback for the session (`moto_server`)."""
+    pytest.importorskip("moto.server", reason="needs moto[server] (requirements-cluster.lock)")
+    pytest.importorskip("s3fs", reason="s3:// needs s3fs: pip install '.[cluster]'")
+    with moto_server() as endpoint:
+        yield endpoint
 
 
 def s3fs_client():

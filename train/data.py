@@ -42,15 +42,7 @@ from pycocotools import mask as mask_utils
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from segloc.errors import UserError
-from segloc.store import (
-    filesystem,
-    is_remote,
-    join,
-    local_path,
-    normalize,
-    read_bytes,
-    storage_errors,
-)
+from segloc.store import is_remote, join, local_path, normalize, open_store, read_bytes
 from synth.shards import (
     MANIFEST,
     decode_labels,
@@ -88,26 +80,24 @@ class Needs:
 def open_shards(root: str | Path) -> ShardSet:
     """The shards a render's manifest lists, in a local folder or under a URL (`segloc.store`):
     only what the manifest names is read, so a render still under way is never trained on."""
-    if is_remote(root):
-        root = normalize(str(root))
-        path = join(root, MANIFEST)
-        try:
-            raw = read_bytes(path)
-        except FileNotFoundError as err:
-            raise UserError(
-                f"{path}: manifest not found; is {root} the output of a finished `synth render`?"
-            ) from err
-    else:
-        root = local_path(root)
-        if not root.is_dir():
-            raise UserError(f"{root}: shards folder not found (write one with `synth render`)")
-        path = root / MANIFEST
-        if not path.is_file():
-            raise UserError(f"{path}: manifest not found; is {root} the output of `synth render`?")
-        raw = path.read_bytes()
-    manifest = read_manifest(path)
+    root = normalize(str(root)) if is_remote(root) else local_path(root)
+    if isinstance(root, Path) and not root.is_dir():
+        raise UserError(f"{root}: shards folder not found (write one with `synth render`)")
+    path = join(root, MANIFEST) if isinstance(root, str) else root / MANIFEST
+    try:
+        raw = read_bytes(path)
+    except FileNotFoundError as err:
+        raise UserError(
+            f"{path}: manifest not found; is {root} the output of a finished `synth render`?"
+        ) from err
+    except OSError as err:
+        raise UserError(f"{path}: cannot read the manifest ({err.strerror or err})") from err
+    manifest = read_manifest(path, raw)
     shards = listed_shards(root, manifest)
-    _check_listed(root, path, shards)
+    present = open_store(root).sizes([s["name"] for s in manifest["shards"]])
+    for shard, entry in zip(shards, manifest["shards"], strict=True):
+        if entry["name"] not in present:
+            raise UserError(f"{shard}: shard listed in {path} is missing")
     return ShardSet(
         root,
         path,
@@ -118,19 +108,6 @@ def open_shards(root: str | Path) -> ShardSet:
         manifest["num_samples"],
         tuple(str(rec["sha256"]) for rec in manifest["shards"]),
     )
-
-
-def _check_listed(root: Path | str, manifest: Path | str, shards: list[str]) -> None:
-    """Every shard the manifest lists is there (one listing of the prefix for a URL)."""
-    if isinstance(root, Path):
-        present = {p.name for p in root.iterdir()}
-    else:
-        fs, prefix = filesystem(root)
-        with storage_errors(root):
-            present = {name.rsplit("/", 1)[-1] for name in fs.ls(prefix, detail=False)}
-    for shard in shards:
-        if shard.rsplit("/", 1)[-1] not in present:
-            raise UserError(f"{shard}: shard listed in {manifest} is missing")
 
 
 # ---------------------------------------------------------------- decoding one sample

@@ -35,17 +35,17 @@ def test_paths_and_urls(tmp_path):
 @pytest.mark.parametrize("where", ["folder", "bucket"])
 def test_a_folder_and_a_bucket_behave_alike(tmp_path, where):
     out = open_store(tmp_path / "out" if where == "folder" else "memory://segloc-store/out")
-    assert out.size("a.json") is None
+    assert out.sizes(["a.json"]) == {} and out.read_many(["a.json"]) == {}
     out.write_json("sub/a.json", {"b": 1, "a": 2})
     assert out.read_bytes("sub/a.json") == b'{\n  "a": 2,\n  "b": 1\n}\n'
-    assert out.size("sub/a.json") == 23
     with out.writing("t.tar") as path:
         path.write_bytes(b"x" * 10)
-    assert out.read_bytes("t.tar") == b"x" * 10 and len(out.sha256("t.tar")) == 64
+    assert out.sizes(["sub/a.json", "t.tar", "none"]) == {"sub/a.json": 23, "t.tar": 10}
+    assert out.read_many(["t.tar", "none"]) == {"t.tar": b"x" * 10}
     assert read_bytes(out.join("t.tar")) == b"x" * 10
     out.remove("t.tar")
     out.remove("t.tar")  # gone already: fine
-    assert out.size("t.tar") is None
+    assert out.sizes(["t.tar"]) == {}
     with pytest.raises(FileNotFoundError):
         out.read_bytes("t.tar")
 
@@ -55,7 +55,7 @@ def test_a_failed_write_leaves_nothing(tmp_path):
     with pytest.raises(RuntimeError), out.writing("t.tar") as path:
         path.write_bytes(b"half")
         raise RuntimeError("killed mid-shard")
-    assert out.size("t.tar") is None
+    assert out.sizes(["t.tar"]) == {}
 
 
 def test_a_bucket_travels_by_its_url():

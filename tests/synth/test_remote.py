@@ -108,9 +108,10 @@ def test_a_killed_render_never_looks_complete_and_resumes_to_the_same_bytes(
     partial = objects(url)
     assert any(k.startswith("train-") for k in partial) and "manifest.json" not in partial
 
+    from segloc.errors import UserError
     from train.data import open_shards
 
-    with pytest.raises(Exception, match="manifest not found"):
+    with pytest.raises(UserError, match="manifest not found"):
         open_shards(url)
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
@@ -184,4 +185,4 @@ def test_inspect_names_a_missing_bucket_or_an_unfinished_render(bucket):
     line = _one_line_error(["inspect", "s3://segloc-no-such-bucket/shards"])
     assert "'segloc-no-such-bucket': no such bucket" in line
     line = _one_line_error(["inspect", f"{bucket}/shards"])
-    assert f"{bucket}/shards/manifest.json: no manifest (not a finished render?)" in line
+    assert f"{bucket}/shards/manifest.json: manifest not found (render incomplete?)" in line
